@@ -1,0 +1,184 @@
+//! The dead-letter queue. Dead is a state of `events`, so recovery is an UPDATE that keeps the
+//! attempt history, and hookd, hooktop and the admin API all recover through these functions.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+
+use crate::{EVENTS_CHANNEL, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("event {0} does not exist")]
+    NotFound(i64),
+    #[error("event {id} is {state}, not dead")]
+    NotDead { id: i64, state: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Rows each statement of a bulk operation touches: small enough that no lock is held for long
+/// and ingest keeps flowing, large enough that a million rows take few round trips.
+pub const BATCH: i64 = 5_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub source: Option<Source>,
+    pub event_type: Option<String>,
+    /// Case-insensitive substring of the event type, provider event id or last error.
+    pub text: Option<String>,
+    /// Page through older entries: only events with an id below this.
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct DeadEvent {
+    pub id: i64,
+    pub source: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub dead_at: DateTime<Utc>,
+}
+
+/// Dead events, newest first.
+pub async fn list(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<Vec<DeadEvent>> {
+    // LIKE metacharacters in the user's text are matched literally.
+    let pattern = filter.text.as_deref().map(|t| {
+        let escaped = t
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    sqlx::query_as(
+        "SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at
+         FROM events
+         WHERE state = 'dead'
+           AND ($1::text IS NULL OR source = $1)
+           AND ($2::text IS NULL OR event_type = $2)
+           AND ($3::text IS NULL OR event_type ILIKE $3 OR event_id ILIKE $3
+                OR last_error ILIKE $3)
+           AND ($4::bigint IS NULL OR id < $4)
+         ORDER BY dead_at DESC, id DESC
+         LIMIT $5",
+    )
+    .bind(filter.source.map(Source::as_str))
+    .bind(filter.event_type.as_deref())
+    .bind(pattern)
+    .bind(filter.before_id)
+    .bind(filter.limit.clamp(0, 1_000))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE state = 'dead'")
+        .fetch_one(pool)
+        .await
+}
+
+/// Sends one dead event back to the queue with a fresh attempt budget; its history stays.
+pub async fn retry(pool: &PgPool, id: i64) -> Result<(), DlqError> {
+    let mut tx = pool.begin().await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM events WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match state.as_deref() {
+        None => return Err(DlqError::NotFound(id)),
+        Some("dead") => {}
+        Some(other) => {
+            return Err(DlqError::NotDead {
+                id,
+                state: other.to_owned(),
+            });
+        }
+    }
+    revive(&mut tx, &[id]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Retries every event that is dead now. Works on a snapshot taken at the start and in batches,
+/// so events that die again meanwhile are not picked up a second time and no lock is held long.
+pub async fn retry_all(pool: &PgPool) -> sqlx::Result<u64> {
+    let snapshot: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM events
+             WHERE state = 'dead' AND dead_at <= $1
+             ORDER BY dead_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(snapshot)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(total);
+        }
+        total += revive(&mut tx, &ids).await?;
+        tx.commit().await?;
+    }
+}
+
+async fn revive(conn: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE events
+         SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL,
+             locked_until = NULL
+         WHERE id = ANY($1) AND state = 'dead'",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, 'retry')")
+        .bind(EVENTS_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// How many dead events died longer ago than `age`: what a purge would delete.
+pub async fn count_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events
+         WHERE state = 'dead' AND dead_at < now() - make_interval(secs => $1)",
+    )
+    .bind(age.as_seconds_f64())
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes dead events that died longer ago than `age`, with their attempt history, one batch
+/// per transaction so ingest never waits behind it.
+pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM events
+             WHERE id IN (
+                 SELECT id FROM events
+                 WHERE state = 'dead' AND dead_at < now() - make_interval(secs => $1)
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )",
+        )
+        .bind(age.as_seconds_f64())
+        .bind(BATCH)
+        .execute(pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(total);
+        }
+        total += done.rows_affected();
+    }
+}

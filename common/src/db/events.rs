@@ -1,0 +1,310 @@
+//! The queue: ingest inserts, workers claim, complete and fail events.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
+
+use crate::{EventType, PROGRESS_CHANNEL, ProviderEventId, Source, State};
+
+/// An accepted, verified webhook about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub source: Source,
+    pub event_id: ProviderEventId,
+    pub event_type: EventType,
+    /// The exact bytes that were signed; must be valid JSON text (the caller parsed it).
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New(i64),
+    /// The provider redelivered an event we already hold; nothing was written.
+    Duplicate,
+}
+
+/// Stores one event durably. Returns after the row is committed (autocommit), so the caller may
+/// acknowledge the webhook.
+pub async fn insert<'e>(db: impl PgExecutor<'e>, event: &NewEvent) -> sqlx::Result<Inserted> {
+    // The body goes to PostgreSQL once; the server parses its own jsonb copy from the same text.
+    let body = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO events (source, event_id, event_type, body, payload)
+         VALUES ($1, $2, $3, convert_to($4, 'UTF8'), $4::jsonb)
+         ON CONFLICT (source, event_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(event.source.as_str())
+    .bind(event.event_id.as_str())
+    .bind(event.event_type.as_str())
+    .bind(body)
+    .fetch_optional(db)
+    .await?;
+    Ok(id.map_or(Inserted::Duplicate, Inserted::New))
+}
+
+/// True when PostgreSQL refused the payload itself (for example a `\u0000` escape, which jsonb
+/// cannot store): the sender's fault, not an outage.
+pub fn is_payload_rejected(err: &sqlx::Error) -> bool {
+    const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+    const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    matches!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some(UNTRANSLATABLE_CHARACTER | INVALID_TEXT_REPRESENTATION | CHARACTER_NOT_IN_REPERTOIRE)
+    ) || matches!(err, sqlx::Error::Decode(_))
+}
+
+/// An event a worker holds a lease on. `attempt` doubles as the fencing token: completions only
+/// apply while the row still carries it, so a worker whose lease expired cannot overwrite the
+/// work of the one that took over.
+#[derive(Debug, Clone, FromRow)]
+pub struct ClaimedEvent {
+    pub id: i64,
+    #[sqlx(try_from = "String")]
+    pub source: SourceColumn,
+    pub event_id: String,
+    pub event_type: String,
+    #[sqlx(rename = "attempts")]
+    pub attempt: i32,
+    pub payload: serde_json::Value,
+    pub body: Vec<u8>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl ClaimedEvent {
+    pub fn source(&self) -> Source {
+        self.source.0
+    }
+}
+
+/// Adapter so `FromRow` can parse the text column into a [`Source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceColumn(pub Source);
+
+impl TryFrom<String> for SourceColumn {
+    type Error = crate::UnknownSource;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse().map(SourceColumn)
+    }
+}
+
+/// Leases up to `limit` due events: new ones, retries whose time has come, and events whose
+/// worker died (their lease ran out). Safe with any number of workers and processes.
+pub async fn claim_due(
+    pool: &PgPool,
+    limit: i64,
+    lease: std::time::Duration,
+) -> sqlx::Result<Vec<ClaimedEvent>> {
+    sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM events
+             WHERE state IN ('pending', 'retrying', 'processing') AND next_attempt_at <= now()
+             ORDER BY next_attempt_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE events e
+         SET state = 'processing',
+             attempts = e.attempts + 1,
+             locked_until = now() + make_interval(secs => $2),
+             next_attempt_at = now() + make_interval(secs => $2)
+         FROM due
+         WHERE e.id = due.id
+         RETURNING e.id, e.source, e.event_id, e.event_type, e.attempts, e.payload, e.body,
+                   e.received_at",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// When the earliest scheduled event falls due, so an idle worker knows how long it may sleep.
+pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(next_attempt_at) FROM events
+         WHERE state IN ('pending', 'retrying', 'processing')",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Marks a claimed event finished (`Succeeded` or `Skipped`). Returns false when the lease was
+/// lost, in which case the caller must roll back whatever it did for the event.
+pub async fn mark_finished(
+    conn: &mut PgConnection,
+    event: &ClaimedEvent,
+    state: State,
+) -> sqlx::Result<bool> {
+    debug_assert!(matches!(state, State::Succeeded | State::Skipped));
+    let done = sqlx::query(
+        "UPDATE events
+         SET state = $3, processed_at = now(), locked_until = NULL, last_error = NULL
+         WHERE id = $1 AND attempts = $2 AND state = 'processing'",
+    )
+    .bind(event.id)
+    .bind(event.attempt)
+    .bind(state.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records a failed attempt's consequence: another try at `retry_at`, or the dead-letter queue
+/// when `retry_at` is `None`. Returns false when the lease was lost.
+pub async fn mark_failed(
+    conn: &mut PgConnection,
+    event: &ClaimedEvent,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE events
+         SET state = CASE WHEN $4::timestamptz IS NULL THEN 'dead' ELSE 'retrying' END,
+             next_attempt_at = COALESCE($4, next_attempt_at),
+             dead_at = CASE WHEN $4::timestamptz IS NULL THEN now() END,
+             locked_until = NULL,
+             last_error = $3
+         WHERE id = $1 AND attempts = $2 AND state = 'processing'",
+    )
+    .bind(event.id)
+    .bind(event.attempt)
+    .bind(error)
+    .bind(retry_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What one processing attempt did, for the history hooktop and the admin API show.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord<'a> {
+    pub event_id: i64,
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration: std::time::Duration,
+    pub outcome: AttemptOutcome,
+    pub error: Option<&'a str>,
+    pub http_status: Option<u16>,
+    pub response_body: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Dead,
+    Skipped,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Dead => "dead",
+            AttemptOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    record: &AttemptRecord<'_>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO event_attempts
+             (event_id, attempt, started_at, duration_ms, outcome, error, http_status, response_body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(record.event_id)
+    .bind(record.attempt)
+    .bind(record.started_at)
+    .bind(i32::try_from(record.duration.as_millis()).unwrap_or(i32::MAX))
+    .bind(record.outcome.as_str())
+    .bind(record.error)
+    .bind(record.http_status.map(i32::from))
+    .bind(record.response_body)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Hands leased events back without counting the attempt, for a worker shutting down before it
+/// started on them.
+pub async fn release(pool: &PgPool, events: &[ClaimedEvent]) -> sqlx::Result<u64> {
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let attempts: Vec<i32> = events.iter().map(|e| e.attempt).collect();
+    let done = sqlx::query(
+        "UPDATE events e
+         SET state = CASE WHEN e.attempts > 1 THEN 'retrying' ELSE 'pending' END,
+             attempts = e.attempts - 1,
+             next_attempt_at = now(),
+             locked_until = NULL
+         FROM unnest($1::bigint[], $2::int[]) AS l(id, attempt)
+         WHERE e.id = l.id AND e.attempts = l.attempt AND e.state = 'processing'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Tells listeners (hooktop) that a batch finished. Sent inside the batch's transaction, so it
+/// is delivered only if the batch commits.
+pub async fn notify_progress(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(PROGRESS_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One stored event with its attempt history: the detail view of hooktop and the admin API.
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct EventDetail {
+    pub id: i64,
+    pub source: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<DateTime<Utc>>,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, FromRow, serde::Serialize)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub http_status: Option<i32>,
+    pub response_body: Option<String>,
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<EventDetail>> {
+    sqlx::query_as(
+        "SELECT id, source, event_id, event_type, state, attempts, last_error, received_at,
+                processed_at, dead_at, payload
+         FROM events WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn attempts(pool: &PgPool, id: i64) -> sqlx::Result<Vec<Attempt>> {
+    sqlx::query_as(
+        "SELECT attempt, started_at, duration_ms, outcome, error, http_status, response_body
+         FROM event_attempts WHERE event_id = $1 ORDER BY started_at, id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}

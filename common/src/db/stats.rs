@@ -1,0 +1,1 @@
+//! Read models for dashboards: hooktop and the admin API's analytics and health.

@@ -1,0 +1,170 @@
+//! The command line: `hookd [serve]`, `migrate`, `send`, `dlq ...`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use common::Source;
+use common::db::dlq::{self, DeadFilter};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::send::SendArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hookd",
+    version,
+    about = "Receives, verifies, stores and processes webhooks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook receiver and the workers (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Sign and send a realistic sample event to a running hookd.
+    Send(SendArgs),
+    /// Inspect and recover the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Print fresh random development secrets as shell `export` lines.
+    #[command(hide = true)]
+    DevSecrets,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead events, newest first.
+    List {
+        #[arg(long)]
+        source: Option<Source>,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one dead event back to the queue with a fresh attempt budget.
+    Retry {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send every dead event back to the queue.
+    RetryAll {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead events that died longer ago than the given age (e.g. 7d, 12h).
+    Purge {
+        #[arg(long, value_parser = parse_age)]
+        older_than: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Ages such as `7d`, `36h`, `90m`, as the admin API and the CLI accept them.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected an age such as 7d or 12h: {e}"))
+}
+
+fn chrono_age(age: Duration) -> anyhow::Result<chrono::Duration> {
+    chrono::Duration::from_std(age).context("age is too large")
+}
+
+/// Runs a `dlq` subcommand and returns what to print.
+pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
+    Ok(match command {
+        DlqCommand::List {
+            source,
+            event_type,
+            limit,
+            json,
+        } => {
+            let filter = DeadFilter {
+                source,
+                event_type,
+                limit,
+                ..DeadFilter::default()
+            };
+            let dead = dlq::list(pool, &filter).await?;
+            if json {
+                serde_json::to_string_pretty(&dead)?
+            } else if dead.is_empty() {
+                "the dead-letter queue is empty".to_owned()
+            } else {
+                let mut out = format!(
+                    "{:>8}  {:<6}  {:<32}  {:>8}  {:<20}  last error\n",
+                    "id", "source", "type", "attempts", "died"
+                );
+                for e in dead {
+                    out.push_str(&format!(
+                        "{:>8}  {:<6}  {:<32}  {:>8}  {:<20}  {}\n",
+                        e.id,
+                        e.source,
+                        e.event_type,
+                        e.attempts,
+                        e.dead_at.format("%Y-%m-%d %H:%M:%S"),
+                        e.last_error.unwrap_or_default().replace('\n', " "),
+                    ));
+                }
+                out.trim_end().to_owned()
+            }
+        }
+        DlqCommand::Retry { id, json } => {
+            dlq::retry(pool, id).await?;
+            if json {
+                json!({ "retried": 1, "id": id }).to_string()
+            } else {
+                format!("event {id} sent back to the queue")
+            }
+        }
+        DlqCommand::RetryAll { json } => {
+            let n = dlq::retry_all(pool).await?;
+            if json {
+                json!({ "retried": n }).to_string()
+            } else {
+                format!("retried {n} events")
+            }
+        }
+        DlqCommand::Purge { older_than, json } => {
+            let n = dlq::purge_older_than(pool, chrono_age(older_than)?).await?;
+            if json {
+                json!({ "purged": n }).to_string()
+            } else {
+                format!(
+                    "purged {n} dead events older than {}",
+                    humantime::format_duration(older_than)
+                )
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_parse_like_operators_write_them() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert!(parse_age("seven days").is_err());
+        assert!(parse_age("").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

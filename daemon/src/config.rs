@@ -1,0 +1,417 @@
+//! Settings, from the environment, an optional TOML file (`HOOKD_CONFIG`) and, for secrets,
+//! files (`NAME_FILE`, or systemd credentials in `$CREDENTIALS_DIRECTORY`). The environment
+//! wins over the file. Anything missing or malformed stops start-up with one line naming it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::Source;
+use secrecy::SecretString;
+
+use crate::verify::{standard, telnyx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("cannot read {name} from {path}: {source}")]
+    Unreadable {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything `hookd serve` needs. Secrets are wrapped so `Debug` and logs never show them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: SecretString,
+    pub listen: SocketAddr,
+    pub stripe_secret: Option<SecretString>,
+    pub telnyx_public_key: Option<telnyx::PublicKey>,
+    pub custom_secret: Option<standard::Secret>,
+    pub admin_token: Option<SecretString>,
+    pub forward_urls: HashMap<Source, reqwest::Url>,
+    /// Signs forwarded events (Standard Webhooks); required when any forward URL is set.
+    pub forward_secret: Option<standard::Secret>,
+    pub forward_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub body_limit: usize,
+    pub workers: usize,
+    pub batch_size: i64,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub rate_limit: Option<u32>,
+    pub rate_burst: u32,
+    pub db_max_connections: u32,
+    pub log_json: bool,
+}
+
+/// Where settings are looked up, in order: the environment, then the TOML file.
+pub struct Sources {
+    env: HashMap<String, String>,
+    file: toml::Table,
+}
+
+impl Sources {
+    /// The process environment and the file `HOOKD_CONFIG` names, if any.
+    pub fn from_process() -> Result<Self, ConfigError> {
+        Self::new(std::env::vars().collect())
+    }
+
+    pub fn new(env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match env.get("HOOKD_CONFIG").filter(|p| !p.is_empty()) {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+                        name: "HOOKD_CONFIG".into(),
+                        path: path.into(),
+                        source,
+                    })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| invalid("HOOKD_CONFIG", format!("{path}: {}", e.message())))?
+            }
+        };
+        Ok(Sources { env, file })
+    }
+
+    /// The TOML key of a setting: its variable name in lower case without `HOOKD_`, so
+    /// `HOOKD_MAX_ATTEMPTS` is `max_attempts` and `STRIPE_WEBHOOK_SECRET` is
+    /// `stripe_webhook_secret`.
+    fn file_key(name: &str) -> String {
+        name.strip_prefix("HOOKD_")
+            .unwrap_or(name)
+            .to_ascii_lowercase()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(value) = self.env.get(name).filter(|v| !v.is_empty()) {
+            return Ok(Some(value.clone()));
+        }
+        match self.file.get(&Self::file_key(name)) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+            Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
+            Some(toml::Value::Boolean(b)) => Ok(Some(b.to_string())),
+            Some(other) => Err(invalid(
+                name,
+                format!(
+                    "expected a string or number in the config file, got {}",
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+
+    /// A secret: the variable, `NAME_FILE`, then the systemd credential named like the TOML
+    /// key, then the TOML file. Trailing newlines of files are not part of the secret.
+    pub fn secret(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(value) = self.env.get(name).filter(|v| !v.is_empty()) {
+            return Ok(Some(value.clone()));
+        }
+        let file_var = format!("{name}_FILE");
+        let path = if let Some(path) = self.env.get(&file_var).filter(|v| !v.is_empty()) {
+            Some(PathBuf::from(path))
+        } else {
+            self.env
+                .get("CREDENTIALS_DIRECTORY")
+                .map(|dir| Path::new(dir).join(Self::file_key(name)))
+                .filter(|p| p.exists())
+        };
+        if let Some(path) = path {
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Unreadable {
+                    name: name.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
+            let text = text.trim_end_matches(['\n', '\r']).to_owned();
+            return Ok(Some(text).filter(|t| !t.is_empty()));
+        }
+        self.get(name)
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        default: T,
+        expect: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(name)? {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|_| invalid(name, format!("expected {expect}, got {raw:?}"))),
+        }
+    }
+
+    fn positive<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + Default,
+    {
+        let value = self.parsed(name, default, "a whole number above 0")?;
+        if value <= T::default() {
+            return Err(invalid(name, "must be above 0"));
+        }
+        Ok(value)
+    }
+
+    fn millis(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
+        self.positive(name, default).map(Duration::from_millis)
+    }
+}
+
+/// The URL the database is reached at; `migrate`, `dlq` and `serve` all need it.
+pub fn database_url(sources: &Sources) -> Result<SecretString, ConfigError> {
+    sources
+        .secret("DATABASE_URL")?
+        .map(SecretString::from)
+        .ok_or(ConfigError::Missing("DATABASE_URL"))
+}
+
+impl Config {
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let listen = sources.parsed(
+            "HOOKD_LISTEN",
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            "an address such as 127.0.0.1:8080",
+        )?;
+        let stripe_secret = sources.secret("STRIPE_WEBHOOK_SECRET")?;
+        if let Some(secret) = &stripe_secret
+            && !secret.starts_with("whsec_")
+        {
+            return Err(invalid(
+                "STRIPE_WEBHOOK_SECRET",
+                "expected a secret starting with whsec_",
+            ));
+        }
+        let telnyx_public_key = sources
+            .secret("TELNYX_PUBLIC_KEY")?
+            .map(|k| {
+                k.trim()
+                    .parse()
+                    .map_err(|e: String| invalid("TELNYX_PUBLIC_KEY", e))
+            })
+            .transpose()?;
+        let custom_secret = sources
+            .secret("CUSTOM_WEBHOOK_SECRET")?
+            .map(|k| {
+                k.trim()
+                    .parse()
+                    .map_err(|e: String| invalid("CUSTOM_WEBHOOK_SECRET", e))
+            })
+            .transpose()?;
+        let mut forward_urls = HashMap::new();
+        for source in Source::ALL {
+            let name = format!("HOOKD_FORWARD_URL_{}", source.as_str().to_ascii_uppercase());
+            if let Some(raw) = sources.get(&name)? {
+                let url = reqwest::Url::parse(raw.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                    .ok_or_else(|| {
+                        invalid(&name, format!("expected an http(s) URL, got {raw:?}"))
+                    })?;
+                forward_urls.insert(source, url);
+            }
+        }
+        let forward_secret = sources
+            .secret("HOOKD_FORWARD_SECRET")?
+            .map(|k| {
+                k.trim()
+                    .parse()
+                    .map_err(|e: String| invalid("HOOKD_FORWARD_SECRET", e))
+            })
+            .transpose()?;
+        if forward_secret.is_none() && !forward_urls.is_empty() {
+            return Err(invalid(
+                "HOOKD_FORWARD_SECRET",
+                "must be set (a whsec_ secret) to sign forwarded events",
+            ));
+        }
+        let rate_limit = match sources.get("HOOKD_RATE_LIMIT")? {
+            None => None,
+            Some(_) => Some(sources.positive("HOOKD_RATE_LIMIT", 1u32)?),
+        };
+        let log_format = sources
+            .get("HOOKD_LOG_FORMAT")?
+            .unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "json" => true,
+            "text" => false,
+            other => {
+                return Err(invalid(
+                    "HOOKD_LOG_FORMAT",
+                    format!("expected text or json, got {other:?}"),
+                ));
+            }
+        };
+        let workers: usize = sources.positive("HOOKD_WORKERS", 2)?;
+        let config = Config {
+            database_url: database_url(sources)?,
+            listen,
+            stripe_secret: stripe_secret.map(SecretString::from),
+            telnyx_public_key,
+            custom_secret,
+            admin_token: sources.secret("HOOKD_ADMIN_TOKEN")?.map(SecretString::from),
+            forward_urls,
+            forward_secret,
+            forward_timeout: sources.millis("HOOKD_FORWARD_TIMEOUT_MS", 10_000)?,
+            max_attempts: sources.positive("HOOKD_MAX_ATTEMPTS", 4)?,
+            retry_base: sources.millis("HOOKD_RETRY_BASE_MS", 1_000)?,
+            retry_max: sources.millis("HOOKD_RETRY_MAX_MS", 3_600_000)?,
+            body_limit: sources.positive("HOOKD_BODY_LIMIT", 1024 * 1024)?,
+            workers,
+            batch_size: sources.positive("HOOKD_BATCH_SIZE", 100)?,
+            lease: Duration::from_secs(sources.positive("HOOKD_LEASE_SECS", 60)?),
+            poll_interval: sources.millis("HOOKD_POLL_INTERVAL_MS", 5_000)?,
+            shutdown_timeout: Duration::from_secs(
+                sources.positive("HOOKD_SHUTDOWN_TIMEOUT_SECS", 20)?,
+            ),
+            rate_limit,
+            rate_burst: sources.positive("HOOKD_RATE_BURST", 200)?,
+            // Ingest, the listener and every worker each want a connection.
+            db_max_connections: sources
+                .positive("HOOKD_DB_MAX_CONNECTIONS", 16 + workers as u32)?,
+            log_json,
+        };
+        if config.retry_max < config.retry_base {
+            return Err(invalid(
+                "HOOKD_RETRY_MAX_MS",
+                "must not be below HOOKD_RETRY_BASE_MS",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn sources(pairs: &[(&str, &str)]) -> Sources {
+        Sources::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    const DB: (&str, &str) = ("DATABASE_URL", "postgres://hookd:pw@localhost/hookd");
+
+    #[test]
+    fn defaults_need_only_the_database() {
+        let config = Config::load(&sources(&[DB])).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.max_attempts, 4);
+        assert_eq!(config.retry_base, Duration::from_secs(1));
+        assert_eq!(config.body_limit, 1 << 20);
+        assert!(config.stripe_secret.is_none() && config.forward_urls.is_empty());
+    }
+
+    #[test]
+    fn missing_and_malformed_settings_are_named() {
+        let err = Config::load(&sources(&[])).unwrap_err().to_string();
+        assert_eq!(err, "DATABASE_URL is not set");
+        let err = Config::load(&sources(&[DB, ("HOOKD_MAX_ATTEMPTS", "four")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "HOOKD_MAX_ATTEMPTS is invalid: expected a whole number above 0, got \"four\""
+        );
+        let err = Config::load(&sources(&[DB, ("HOOKD_MAX_ATTEMPTS", "0")])).unwrap_err();
+        assert!(err.to_string().starts_with("HOOKD_MAX_ATTEMPTS is invalid"));
+        let err = Config::load(&sources(&[DB, ("HOOKD_LISTEN", "localhost")])).unwrap_err();
+        assert!(err.to_string().starts_with("HOOKD_LISTEN is invalid"));
+        let err = Config::load(&sources(&[DB, ("TELNYX_PUBLIC_KEY", "not-base64!")])).unwrap_err();
+        assert!(err.to_string().starts_with("TELNYX_PUBLIC_KEY is invalid"));
+        let err =
+            Config::load(&sources(&[DB, ("HOOKD_FORWARD_URL_STRIPE", "ftp://x")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("HOOKD_FORWARD_URL_STRIPE is invalid")
+        );
+        let err =
+            Config::load(&sources(&[DB, ("STRIPE_WEBHOOK_SECRET", "sk_live_oops")])).unwrap_err();
+        assert!(
+            !err.to_string().contains("sk_live_oops"),
+            "a secret must not be echoed"
+        );
+    }
+
+    #[test]
+    fn file_settings_yield_to_the_environment() {
+        let dir = std::env::temp_dir().join(format!("hookd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hookd.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nmax_attempts = 7\n\
+             forward_url_custom = \"http://127.0.0.1:9/x\"\n\
+             forward_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&sources(&[
+            DB,
+            ("HOOKD_CONFIG", path.to_str().unwrap()),
+            ("HOOKD_MAX_ATTEMPTS", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.max_attempts, 3);
+        assert!(config.forward_urls.contains_key(&Source::Custom));
+        std::fs::write(&path, "listen = [").unwrap();
+        let env = [("HOOKD_CONFIG".to_owned(), path.to_str().unwrap().to_owned())];
+        let err = Sources::new(env.into_iter().collect()).err().unwrap();
+        assert!(err.to_string().starts_with("HOOKD_CONFIG is invalid"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_credentials_and_never_from_debug() {
+        let dir = std::env::temp_dir().join(format!("hookd-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stripe_webhook_secret"), "whsec_from_credential\n").unwrap();
+        std::fs::write(dir.join("token"), "admin-from-file\n").unwrap();
+        let config = Config::load(&sources(&[
+            DB,
+            ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
+            (
+                "HOOKD_ADMIN_TOKEN_FILE",
+                dir.join("token").to_str().unwrap(),
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.stripe_secret.as_ref().unwrap().expose_secret(),
+            "whsec_from_credential"
+        );
+        assert_eq!(
+            config.admin_token.as_ref().unwrap().expose_secret(),
+            "admin-from-file"
+        );
+        let debug = format!("{config:?}");
+        for secret in ["whsec_from_credential", "admin-from-file", "pw@localhost"] {
+            assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,129 @@
+//! hookd: receives webhooks, verifies them, stores them durably in PostgreSQL before answering,
+//! then processes them with retries and a dead-letter queue.
+//!
+//! `main.rs` only parses the command line and configuration; everything else is here so tests
+//! can run the real server in-process.
+
+pub mod cli;
+pub mod config;
+pub mod handlers;
+pub mod http;
+pub mod send;
+pub mod verify;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use http::{AppState, app};
+
+use crate::handlers::forward::Forwarder;
+use crate::worker::{RetryPolicy, Worker, WorkerConfig};
+
+/// How long a request waits for a database connection before hookd answers 503: a sender
+/// retries sooner than it would wait.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A pool for `database_url`. Connections are made lazily, so hookd starts (and answers 503)
+/// even while the database is down, and recovers by itself when it returns.
+pub fn pool(database_url: &secrecy::SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database_url
+        .expose_secret()
+        .parse()
+        .context("DATABASE_URL is invalid")?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options.application_name("hookd")))
+}
+
+/// Applies the schema.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    common::MIGRATOR
+        .run(pool)
+        .await
+        .context("applying database migrations")
+}
+
+pub fn worker(pool: PgPool, config: &Config) -> anyhow::Result<Worker> {
+    let forwarder = Forwarder::new(
+        config.forward_urls.clone(),
+        config.forward_secret.clone(),
+        config.forward_timeout,
+    )
+    .context("building the HTTP client for forwarding")?;
+    Ok(Worker::new(
+        pool,
+        WorkerConfig {
+            policy: RetryPolicy {
+                max_attempts: config.max_attempts,
+                base: config.retry_base,
+                cap: config.retry_max,
+            },
+            batch_size: config.batch_size,
+            lease: config.lease,
+            poll_interval: config.poll_interval,
+        },
+        Arc::new(forwarder),
+    ))
+}
+
+/// Runs the receiver and the workers until `shutdown` is cancelled, then drains: requests in
+/// progress finish, workers complete their batch within `shutdown_timeout`, and leases of work
+/// abandoned past that bound are handed back.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = pool(&config.database_url, config.db_max_connections)?;
+    run_with_pool(config, pool, listener, shutdown).await
+}
+
+/// [`run`] on a pool the caller made (tests bring the pool of their private database).
+pub async fn run_with_pool(
+    config: Config,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    migrate(&pool).await?;
+    let worker = worker(pool.clone(), &config)?;
+
+    let wake = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(worker::listen(pool.clone(), wake.clone(), shutdown.clone()));
+    for _ in 0..config.workers {
+        tasks.spawn(worker.clone().run(wake.clone(), shutdown.clone()));
+    }
+
+    let app = app(AppState::new(pool.clone(), &config));
+    tracing::info!(address = %listener.local_addr()?, workers = config.workers, "hookd listening");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    // The server only returns early on an accept error; stop the workers either way.
+    shutdown.cancel();
+
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "workers did not finish in time");
+        tasks.abort_all();
+        worker.release_in_flight().await;
+    }
+    pool.close().await;
+    tracing::info!("hookd stopped");
+    served.context("HTTP server failed")
+}

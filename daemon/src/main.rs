@@ -1,0 +1,80 @@
+use anyhow::Context;
+use clap::Parser;
+use hookd::cli::{Cli, Command};
+use hookd::config::{self, Config, Sources};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let sources = Sources::from_process()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = Config::load(&sources)?;
+            init_tracing(config.log_json);
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            hookd::run(config, listener, shutdown).await
+        }
+        Command::Migrate => {
+            let pool = hookd::pool(&config::database_url(&sources)?, 1)?;
+            hookd::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Send(args) => {
+            println!("{}", hookd::send::send(&args, &sources).await?);
+            Ok(())
+        }
+        Command::Dlq(command) => {
+            let pool = hookd::pool(&config::database_url(&sources)?, 2)?;
+            println!("{}", hookd::cli::dlq(&pool, command).await?);
+            Ok(())
+        }
+        Command::DevSecrets => {
+            print!("{}", hookd::send::dev_secrets());
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// SIGTERM (systemd stop) and SIGINT (Ctrl-C) both start a graceful drain.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, draining"),
+        _ = int.recv() => tracing::info!("SIGINT received, draining"),
+    }
+    shutdown.cancel();
+}

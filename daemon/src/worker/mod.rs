@@ -1,0 +1,315 @@
+//! Processing: workers claim due events in batches, run the handlers and the forward, and
+//! record each attempt. A batch commits once; each event runs in its own savepoint, so one bad
+//! event never undoes the others.
+
+mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent};
+use common::{EVENTS_CHANNEL, State};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use retry::RetryPolicy;
+
+use crate::handlers::forward::{Delivery, Forwarder};
+use crate::handlers::{self, HandlerError, Outcome};
+
+/// How long a worker waits before trying again after the database failed it.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub policy: RetryPolicy,
+    pub batch_size: i64,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+}
+
+/// One worker; several may run in one process and several processes on one database.
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    config: Arc<WorkerConfig>,
+    forwarder: Arc<Forwarder>,
+    /// Events this process leased and has not committed, shared by the worker's clones, so a
+    /// shutdown that gives up on its batches can hand them back at once instead of leaving them
+    /// until their leases run out.
+    in_flight: Arc<Mutex<HashMap<i64, ClaimedEvent>>>,
+}
+
+/// Why an attempt failed, and what the attempt history should keep of it.
+struct Failure {
+    message: String,
+    permanent: bool,
+}
+
+impl Worker {
+    pub fn new(pool: PgPool, config: WorkerConfig, forwarder: Arc<Forwarder>) -> Self {
+        Worker {
+            pool,
+            config: Arc::new(config),
+            forwarder,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Claims one batch of due events and processes it. Returns how many were claimed.
+    pub async fn process_batch(&self) -> sqlx::Result<usize> {
+        let claimed =
+            events::claim_due(&self.pool, self.config.batch_size, self.config.lease).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        self.lock_in_flight()
+            .extend(claimed.iter().map(|e| (e.id, e.clone())));
+        // Deliveries go out before the transaction opens, so no row lock waits on the network.
+        let deliveries =
+            futures::future::join_all(claimed.iter().map(|event| self.forwarder.deliver(event)))
+                .await;
+        let result = self.complete(&claimed, &deliveries).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, events = claimed.len(), "batch failed, releasing leases");
+            release(&self.pool, &claimed).await;
+        }
+        let mut in_flight = self.lock_in_flight();
+        for event in &claimed {
+            in_flight.remove(&event.id);
+        }
+        result.map(|()| claimed.len())
+    }
+
+    async fn complete(
+        &self,
+        claimed: &[ClaimedEvent],
+        deliveries: &[Option<Delivery>],
+    ) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (event, delivery) in claimed.iter().zip(deliveries) {
+            self.complete_one(&mut tx, event, delivery.as_ref()).await?;
+        }
+        events::notify_progress(&mut tx).await?;
+        tx.commit().await
+    }
+
+    async fn complete_one(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        event: &ClaimedEvent,
+        delivery: Option<&Delivery>,
+    ) -> sqlx::Result<()> {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+        let result = attempt(
+            &mut savepoint,
+            event,
+            delivery,
+            self.config.policy.max_attempts,
+        )
+        .await;
+        let mut record = AttemptRecord {
+            event_id: event.id,
+            attempt: event.attempt,
+            started_at,
+            duration: Duration::ZERO,
+            outcome: AttemptOutcome::Succeeded,
+            error: None,
+            http_status: delivery.and_then(|d| d.status),
+            response_body: delivery.and_then(|d| d.response.as_deref()),
+        };
+        match result {
+            Ok(state) => {
+                if !events::mark_finished(&mut savepoint, event, state).await? {
+                    savepoint.rollback().await?;
+                    tracing::warn!(
+                        event = event.id,
+                        "lease lost before completion; not applied"
+                    );
+                    return Ok(());
+                }
+                record.outcome = if state == State::Skipped {
+                    AttemptOutcome::Skipped
+                } else {
+                    AttemptOutcome::Succeeded
+                };
+                record.duration = clock.elapsed();
+                events::record_attempt(&mut savepoint, &record).await?;
+                savepoint.commit().await?;
+                tracing::info!(
+                    event = event.id, source = %event.source(), event_type = event.event_type,
+                    attempt = event.attempt, outcome = state.as_str(), "event processed"
+                );
+            }
+            Err(failure) => {
+                savepoint.rollback().await?;
+                let delay = if failure.permanent {
+                    None
+                } else {
+                    let attempt = u32::try_from(event.attempt).unwrap_or(u32::MAX);
+                    self.config
+                        .policy
+                        .delay_after(attempt, &mut rand::thread_rng())
+                };
+                let retry_at = delay.map(|d| Utc::now() + d);
+                if !events::mark_failed(tx, event, &failure.message, retry_at).await? {
+                    tracing::warn!(event = event.id, "lease lost before recording a failure");
+                    return Ok(());
+                }
+                record.outcome = if retry_at.is_some() {
+                    AttemptOutcome::Failed
+                } else {
+                    AttemptOutcome::Dead
+                };
+                record.error = Some(&failure.message);
+                record.duration = clock.elapsed();
+                events::record_attempt(tx, &record).await?;
+                tracing::warn!(
+                    event = event.id, source = %event.source(), event_type = event.event_type,
+                    attempt = event.attempt, outcome = record.outcome.as_str(),
+                    retry_in_ms = delay.map(|d| d.as_millis() as u64), error = failure.message,
+                    "event failed"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ClaimedEvent>> {
+        // A poisoned map still holds whole entries; nothing in it can be half-updated.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands back every event this process holds, without counting the attempt. Only for
+    /// after the workers have been stopped.
+    pub async fn release_in_flight(&self) {
+        let held: Vec<_> = self.lock_in_flight().drain().map(|(_, e)| e).collect();
+        release(&self.pool, &held).await;
+    }
+
+    /// Processes until `shutdown`, sleeping between batches until woken by `wake` (new work
+    /// announced), the next scheduled retry, or the poll interval, whichever comes first.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            // Registered before the batch, so a wake-up during it is not lost.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let pause = match self.process_batch().await {
+                Ok(n) if n as i64 >= self.config.batch_size => continue,
+                Ok(_) => self.idle_time().await,
+                Err(e) => {
+                    tracing::error!(error = %e, "processing failed");
+                    ERROR_PAUSE
+                }
+            };
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    async fn idle_time(&self) -> Duration {
+        match events::next_due_at(&self.pool).await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(self.config.poll_interval),
+            Ok(None) => self.config.poll_interval,
+            Err(_) => ERROR_PAUSE,
+        }
+    }
+}
+
+async fn release(pool: &PgPool, held: &[ClaimedEvent]) {
+    if held.is_empty() {
+        return;
+    }
+    match events::release(pool, held).await {
+        Ok(n) => tracing::info!(events = n, "released leases"),
+        Err(e) => tracing::warn!(error = %e, "could not release leases; they will expire"),
+    }
+}
+
+/// Runs one attempt inside the event's savepoint and says which state it ends in.
+async fn attempt(
+    conn: &mut PgConnection,
+    event: &ClaimedEvent,
+    delivery: Option<&Delivery>,
+    max_attempts: u32,
+) -> Result<State, Failure> {
+    if i64::from(event.attempt) > i64::from(max_attempts) {
+        // Earlier leases ran out without a result: a worker keeps dying on this event.
+        return Err(Failure {
+            message: format!(
+                "abandoned: {} attempts never completed (worker crashed or timed out)",
+                event.attempt - 1
+            ),
+            permanent: true,
+        });
+    }
+    if let Some(error) = delivery.and_then(|d| d.error.as_ref()) {
+        return Err(Failure {
+            message: error.clone(),
+            permanent: false,
+        });
+    }
+    match handlers::apply(conn, event).await {
+        Ok(Outcome::Applied) => Ok(State::Succeeded),
+        Ok(Outcome::Unhandled) if delivery.is_some() => Ok(State::Succeeded),
+        Ok(Outcome::Unhandled) => Ok(State::Skipped),
+        Err(HandlerError::Permanent(message)) => Err(Failure {
+            message,
+            permanent: true,
+        }),
+        Err(e) => Err(Failure {
+            message: e.to_string(),
+            permanent: false,
+        }),
+    }
+}
+
+/// Keeps the workers of this process awake to new work: one LISTEN connection for all of them,
+/// re-established whenever it drops (and then every worker looks, since notifications sent
+/// meanwhile are lost).
+pub async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for new events; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(ERROR_PAUSE) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(EVENTS_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(ERROR_PAUSE).await;
+            continue;
+        }
+        wake.notify_waiters();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = listener.try_recv() => match message {
+                    Ok(Some(_)) => wake.notify_waiters(),
+                    // The connection dropped; try_recv reconnects on the next call.
+                    Ok(None) => wake.notify_waiters(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A real hookd on loopback against the test's private database, and senders that sign like
+//! the providers do.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hookd::Config;
+use hookd::config::Sources;
+use hookd::verify::{standard, stripe, telnyx};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const STRIPE_SECRET: &str = "whsec_test_secret";
+pub const CUSTOM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const TELNYX_SEED: [u8; 32] = [7; 32];
+
+pub fn telnyx_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&TELNYX_SEED)
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A configuration with all three routes enabled and fast retries.
+pub fn config(extra: &[(&str, &str)]) -> Config {
+    let public = telnyx::PublicKey::from_signing_key(&telnyx_key()).to_base64();
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", "postgres://unused-the-test-brings-its-pool"),
+        ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
+        ("TELNYX_PUBLIC_KEY", public.as_str()),
+        ("CUSTOM_WEBHOOK_SECRET", CUSTOM_SECRET),
+        ("HOOKD_RETRY_BASE_MS", "50"),
+        ("HOOKD_POLL_INTERVAL_MS", "200"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Config::load(&Sources::new(env).expect("sources")).expect("test config")
+}
+
+/// A pool of its own on the test's database, as hookd would open it.
+pub fn pool_like(pool: &PgPool, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+pub struct Hookd {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Hookd {
+    /// Starts hookd in-process on 127.0.0.1:0 with its own pool on the test database.
+    pub async fn start(pool: &PgPool, config: Config) -> Hookd {
+        let own_pool = pool_like(pool, config.db_max_connections);
+        Self::start_with_pool(own_pool, config).await
+    }
+
+    pub async fn start_with_pool(pool: PgPool, config: Config) -> Hookd {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hookd::run_with_pool(
+            config,
+            pool,
+            listener,
+            shutdown.clone(),
+        ));
+        Hookd {
+            addr,
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    /// Ingest only: no workers, so tests see events exactly as stored.
+    pub async fn ingest_only(pool: &PgPool) -> Hookd {
+        let mut config = config(&[]);
+        config.workers = 0;
+        Self::start(pool, config).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("hookd task")
+            .expect("hookd exits cleanly");
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.post(self.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.expect("request reaches hookd");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+
+    pub async fn stripe(&self, body: &str) -> (u16, serde_json::Value) {
+        self.post(STRIPE_PATH, &stripe_headers(body, now()), body.to_owned())
+            .await
+    }
+
+    pub async fn telnyx(&self, body: &str) -> (u16, serde_json::Value) {
+        self.post(TELNYX_PATH, &telnyx_headers(body, now()), body.to_owned())
+            .await
+    }
+
+    pub async fn custom(&self, id: &str, body: &str) -> (u16, serde_json::Value) {
+        self.post(
+            CUSTOM_PATH,
+            &custom_headers(id, body, now()),
+            body.to_owned(),
+        )
+        .await
+    }
+}
+
+pub const STRIPE_PATH: &str = "/api/stripe/webhook";
+pub const TELNYX_PATH: &str = "/api/telnyx/webhook";
+pub const CUSTOM_PATH: &str = "/api/custom/webhook";
+
+pub fn stripe_headers(body: &str, t: i64) -> Vec<(&'static str, String)> {
+    vec![(
+        "Stripe-Signature",
+        stripe::sign(STRIPE_SECRET.as_bytes(), t, body.as_bytes()),
+    )]
+}
+
+pub fn telnyx_headers(body: &str, t: i64) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "telnyx-signature-ed25519",
+            telnyx::sign(&telnyx_key(), t, body.as_bytes()),
+        ),
+        ("telnyx-timestamp", t.to_string()),
+    ]
+}
+
+pub fn custom_headers(id: &str, body: &str, t: i64) -> Vec<(&'static str, String)> {
+    let secret: standard::Secret = CUSTOM_SECRET.parse().unwrap();
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", t.to_string()),
+        (
+            "webhook-signature",
+            standard::sign(&secret, id, t, body.as_bytes()),
+        ),
+    ]
+}
+
+pub fn stripe_event(id: &str, kind: &str, created: i64, object: serde_json::Value) -> String {
+    serde_json::json!({
+        "id": id, "object": "event", "type": kind, "created": created,
+        "data": {"object": object}, "livemode": false,
+    })
+    .to_string()
+}
+
+pub fn telnyx_event(id: &str, kind: &str, payload: serde_json::Value) -> String {
+    serde_json::json!({
+        "data": {"record_type": "event", "event_type": kind, "id": id,
+                 "occurred_at": "2026-11-29T03:00:00.000Z", "payload": payload},
+        "meta": {"attempt": 1},
+    })
+    .to_string()
+}
+
+pub fn custom_event(kind: &str) -> String {
+    serde_json::json!({"type": kind, "timestamp": "2026-11-29T03:00:00Z", "data": {"k": 1}})
+        .to_string()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}

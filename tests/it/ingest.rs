@@ -1,0 +1,433 @@
+//! Verified, idempotent ingest: what senders see and what is stored.
+
+use common::MIGRATOR;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::*;
+
+fn ack() -> serde_json::Value {
+    json!({"received": true})
+}
+
+fn duplicate() -> serde_json::Value {
+    json!({"received": true, "duplicate": true})
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn each_route_stores_the_exact_body_before_acknowledging(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let stripe = stripe_event("evt_1", "customer.subscription.created", now(), json!({}));
+    let telnyx = telnyx_event("tx-1", "call.hangup", json!({"call_control_id": "c1"}));
+    let custom = custom_event("user.signed_up");
+    assert_eq!(hookd.stripe(&stripe).await, (200, ack()));
+    assert_eq!(hookd.telnyx(&telnyx).await, (200, ack()));
+    assert_eq!(hookd.custom("msg_1", &custom).await, (200, ack()));
+
+    let rows: Vec<(String, String, String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT source, event_id, event_type, state, body FROM events ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "stripe".into(),
+                "evt_1".into(),
+                "customer.subscription.created".into(),
+                "pending".into(),
+                stripe.into_bytes()
+            ),
+            (
+                "telnyx".into(),
+                "tx-1".into(),
+                "call.hangup".into(),
+                "pending".into(),
+                telnyx.into_bytes()
+            ),
+            (
+                "custom".into(),
+                "msg_1".into(),
+                "user.signed_up".into(),
+                "pending".into(),
+                custom.into_bytes()
+            ),
+        ]
+    );
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn redeliveries_are_acknowledged_and_create_nothing(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let stripe = stripe_event("evt_dup", "invoice.payment_succeeded", now(), json!({}));
+    let telnyx = telnyx_event("tx-dup", "message.sent", json!({"id": "m1"}));
+    let custom = custom_event("order.placed");
+    for _ in 0..2 {
+        hookd.stripe(&stripe).await;
+        hookd.telnyx(&telnyx).await;
+        hookd.custom("msg_dup", &custom).await;
+    }
+    assert_eq!(hookd.stripe(&stripe).await, (200, duplicate()));
+    assert_eq!(hookd.telnyx(&telnyx).await, (200, duplicate()));
+    assert_eq!(hookd.custom("msg_dup", &custom).await, (200, duplicate()));
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 3);
+    // The same id from another source is another event.
+    assert_eq!(hookd.custom("evt_dup", &custom).await, (200, ack()));
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_hundred_concurrent_deliveries_of_one_event_make_one_row(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let body = stripe_event(
+        "evt_race",
+        "customer.subscription.updated",
+        now(),
+        json!({}),
+    );
+    let headers = stripe_headers(&body, now());
+    let replies = futures::future::join_all(
+        (0..100).map(|_| hookd.post(STRIPE_PATH, &headers, body.clone())),
+    )
+    .await;
+    assert!(
+        replies.iter().all(|(status, _)| *status == 200),
+        "{replies:?}"
+    );
+    let fresh = replies.iter().filter(|(_, body)| *body == ack()).count();
+    assert_eq!(fresh, 1, "exactly one delivery creates the event");
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 1);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn stripe_accepts_a_rotated_secret_in_any_position(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let body = stripe_event("evt_rot", "invoice.payment_failed", now(), json!({}));
+    let t = now();
+    let good = stripe_headers(&body, t)[0].1.clone();
+    let v1 = good.split(",v1=").nth(1).unwrap();
+    let old = "0".repeat(64);
+    for header in [
+        format!("t={t},v1={old},v1={v1}"),
+        format!("t={t},v0={old},v1={v1},v1={old}"),
+    ] {
+        let (status, _) = hookd
+            .post(STRIPE_PATH, &[("Stripe-Signature", header)], body.clone())
+            .await;
+        assert_eq!(status, 200);
+    }
+    hookd.stop().await;
+}
+
+async fn assert_rejected(
+    hookd: &Hookd,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+    reason: &str,
+) {
+    let (status, reply) = hookd.post(path, headers, body.to_owned()).await;
+    assert_eq!(status, 400, "{path} {headers:?}: {reply}");
+    let error = reply["error"].as_str().expect("an error message");
+    assert!(error.contains(reason), "expected {reason:?} in {error:?}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn stale_and_future_timestamps_are_rejected(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let stripe = stripe_event("evt_old", "x.y", now(), json!({}));
+    let telnyx = telnyx_event("tx-old", "x.y", json!({}));
+    let custom = custom_event("x.y");
+    for t in [now() - 301, now() + 301, now() - 86_400] {
+        assert_rejected(
+            &hookd,
+            STRIPE_PATH,
+            &stripe_headers(&stripe, t),
+            &stripe,
+            "timestamp",
+        )
+        .await;
+        assert_rejected(
+            &hookd,
+            TELNYX_PATH,
+            &telnyx_headers(&telnyx, t),
+            &telnyx,
+            "timestamp",
+        )
+        .await;
+        assert_rejected(
+            &hookd,
+            CUSTOM_PATH,
+            &custom_headers("m", &custom, t),
+            &custom,
+            "timestamp",
+        )
+        .await;
+    }
+    // Just inside the window is fine.
+    let t = now() - 290;
+    assert_eq!(
+        hookd
+            .post(STRIPE_PATH, &stripe_headers(&stripe, t), stripe.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        hookd
+            .post(TELNYX_PATH, &telnyx_headers(&telnyx, t), telnyx.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        hookd
+            .post(
+                CUSTOM_PATH,
+                &custom_headers("m", &custom, t),
+                custom.clone()
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 3);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn missing_headers_are_named(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let body = custom_event("x.y");
+    assert_rejected(&hookd, STRIPE_PATH, &[], &body, "stripe-signature").await;
+    let telnyx = telnyx_headers(&body, now());
+    assert_rejected(&hookd, TELNYX_PATH, &telnyx[..1], &body, "telnyx-timestamp").await;
+    assert_rejected(
+        &hookd,
+        TELNYX_PATH,
+        &telnyx[1..],
+        &body,
+        "telnyx-signature-ed25519",
+    )
+    .await;
+    let custom = custom_headers("m", &body, now());
+    for missing in 0..3 {
+        let mut headers = custom.clone();
+        let (name, _) = headers.remove(missing);
+        assert_rejected(&hookd, CUSTOM_PATH, &headers, &body, name).await;
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn tampered_bodies_and_empty_signatures_are_rejected(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let body = stripe_event("evt_t", "x.y", now(), json!({"amount": 100}));
+    let forged = body.replace("100", "999");
+    assert_rejected(
+        &hookd,
+        STRIPE_PATH,
+        &stripe_headers(&body, now()),
+        &forged,
+        "signature",
+    )
+    .await;
+    assert_rejected(
+        &hookd,
+        TELNYX_PATH,
+        &telnyx_headers(&body, now()),
+        &forged,
+        "signature",
+    )
+    .await;
+    assert_rejected(
+        &hookd,
+        CUSTOM_PATH,
+        &custom_headers("m", &body, now()),
+        &forged,
+        "signature",
+    )
+    .await;
+
+    let mut empty = custom_headers("m", &body, now());
+    empty[2].1 = "v1,".into();
+    assert_rejected(&hookd, CUSTOM_PATH, &empty, &body, "signature").await;
+    // The Telnyx signature covers "{timestamp}|{body}", not "{timestamp}.{body}".
+    let t = now();
+    let dotted = format!("{t}.{body}");
+    let sig = ed25519_dalek::Signer::sign(&telnyx_key(), dotted.as_bytes());
+    let headers = [
+        ("telnyx-signature-ed25519", b64(&sig.to_bytes())),
+        ("telnyx-timestamp", t.to_string()),
+    ];
+    assert_rejected(&hookd, TELNYX_PATH, &headers, &body, "signature").await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn published_header_vectors_are_rejected_over_http(pool: PgPool) {
+    let vectors: serde_json::Value =
+        serde_json::from_str(include_str!("../vectors/signatures.json")).unwrap();
+    let hookd = Hookd::ingest_only(&pool).await;
+    let body = vectors["stripe"][0]["body"].as_str().unwrap().to_owned();
+    for case in vectors["stripe_header_cases"].as_array().unwrap() {
+        let header = case["header"].as_str().unwrap().to_owned();
+        // Every case is either malformed or signed 2017: none may be stored today.
+        let (status, reply) = hookd
+            .post(STRIPE_PATH, &[("Stripe-Signature", header)], body.clone())
+            .await;
+        assert_eq!(status, 400, "{case}: {reply}");
+    }
+    let sw = &vectors["standard_webhooks_v1"][0];
+    let headers = [
+        ("webhook-id", sw["id"].as_str().unwrap().to_owned()),
+        ("webhook-timestamp", sw["timestamp"].to_string()),
+        (
+            "webhook-signature",
+            sw["signature"].as_str().unwrap().to_owned(),
+        ),
+    ];
+    assert_rejected(
+        &hookd,
+        CUSTOM_PATH,
+        &headers,
+        sw["body"].as_str().unwrap(),
+        "timestamp",
+    )
+    .await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn signed_bodies_that_are_not_usable_json_say_why(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    for (body, reason) in [
+        ("{\"id\": \"evt_1\", ", "not valid JSON"),
+        ("[1, 2, 3]", "not a JSON object"),
+        ("{\"type\": \"x.y\"}", "/id"),
+        ("{\"id\": 42, \"type\": \"x.y\"}", "/id"),
+        ("{\"id\": \"\", \"type\": \"x.y\"}", "event id is empty"),
+        (
+            "{\"id\": \"evt_nul\", \"type\": \"x.y\", \"note\": \"a\\u0000b\"}",
+            "cannot be stored",
+        ),
+    ] {
+        assert_rejected(
+            &hookd,
+            STRIPE_PATH,
+            &stripe_headers(body, now()),
+            body,
+            reason,
+        )
+        .await;
+    }
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_rejected(
+        &hookd,
+        CUSTOM_PATH,
+        &custom_headers("m", &deep, now()),
+        &deep,
+        "not valid JSON",
+    )
+    .await;
+    let no_type = "{\"data\": {\"id\": \"x\"}}";
+    assert_rejected(
+        &hookd,
+        TELNYX_PATH,
+        &telnyx_headers(no_type, now()),
+        no_type,
+        "/data/event_type",
+    )
+    .await;
+    assert_rejected(
+        &hookd,
+        CUSTOM_PATH,
+        &custom_headers("m", "{}", now()),
+        "{}",
+        "/type",
+    )
+    .await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bodies_over_the_limit_get_413(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let big = format!(
+        "{{\"type\":\"x.y\",\"pad\":\"{}\"}}",
+        "a".repeat(1024 * 1024)
+    );
+    let (status, reply) = hookd
+        .post(CUSTOM_PATH, &custom_headers("m", &big, now()), big.clone())
+        .await;
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("limit"));
+    // Without a Content-Length the limit still holds while streaming.
+    let stream = futures::stream::iter(
+        big.into_bytes()
+            .chunks(64 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let (status, _) = hookd
+        .post(
+            CUSTOM_PATH,
+            &custom_headers("m", "x", now()),
+            reqwest::Body::wrap_stream(stream),
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn unconfigured_sources_are_not_found(pool: PgPool) {
+    let mut config = config(&[]);
+    config.stripe_secret = None;
+    config.workers = 0;
+    let hookd = Hookd::start(&pool, config).await;
+    let body = stripe_event("evt_1", "x.y", now(), json!({}));
+    let (status, reply) = hookd
+        .post(STRIPE_PATH, &stripe_headers(&body, now()), body)
+        .await;
+    assert_eq!(status, 404);
+    assert!(reply["error"].as_str().unwrap().contains("not configured"));
+    hookd.stop().await;
+}
+
+/// With the database unreachable, a valid webhook must get 503, never a 2xx.
+#[tokio::test]
+async fn an_unreachable_database_answers_503() {
+    // Nothing listens on port 1; connections are refused at once.
+    let options: sqlx::postgres::PgConnectOptions =
+        "postgres://hookd@127.0.0.1:1/hookd".parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy_with(options);
+    let state = hookd::AppState::new(pool, &config(&[]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, hookd::app(state)).await });
+    let body = stripe_event("evt_down", "x.y", now(), json!({}));
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}{STRIPE_PATH}"))
+        .header(
+            "Stripe-Signature",
+            stripe_headers(&body, now())[0].1.clone(),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let reply: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(reply, json!({"error": "database unavailable, retry later"}));
+}

@@ -1,0 +1,5 @@
+//! hookd's end-to-end suite: the real server over loopback HTTP against a real PostgreSQL.
+//! Each `#[sqlx::test]` gets a private database with the migrations applied.
+
+mod harness;
+mod ingest;
