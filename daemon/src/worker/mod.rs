@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent};
+use common::db::stats;
 use common::{EVENTS_CHANNEL, State};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -90,9 +91,17 @@ impl Worker {
         deliveries: &[Option<Delivery>],
     ) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
+        let mut counted = Vec::with_capacity(claimed.len());
         for (event, delivery) in claimed.iter().zip(deliveries) {
-            self.complete_one(&mut tx, event, delivery.as_ref()).await?;
+            if let Some(outcome) = self.complete_one(&mut tx, event, delivery.as_ref()).await? {
+                counted.push(stats::Counted {
+                    source: event.source(),
+                    event_type: &event.event_type,
+                    outcome,
+                });
+            }
         }
+        stats::count_outcomes(&mut tx, &counted).await?;
         events::notify_progress(&mut tx).await?;
         tx.commit().await
     }
@@ -102,7 +111,7 @@ impl Worker {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         event: &ClaimedEvent,
         delivery: Option<&Delivery>,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<Option<AttemptOutcome>> {
         let started_at = Utc::now();
         let clock = Instant::now();
         let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
@@ -131,7 +140,7 @@ impl Worker {
                         event = event.id,
                         "lease lost before completion; not applied"
                     );
-                    return Ok(());
+                    return Ok(None);
                 }
                 record.outcome = if state == State::Skipped {
                     AttemptOutcome::Skipped
@@ -145,6 +154,7 @@ impl Worker {
                     event = event.id, source = %event.source(), event_type = event.event_type,
                     attempt = event.attempt, outcome = state.as_str(), "event processed"
                 );
+                Ok(Some(record.outcome))
             }
             Err(failure) => {
                 savepoint.rollback().await?;
@@ -159,7 +169,7 @@ impl Worker {
                 let retry_at = delay.map(|d| Utc::now() + d);
                 if !events::mark_failed(tx, event, &failure.message, retry_at).await? {
                     tracing::warn!(event = event.id, "lease lost before recording a failure");
-                    return Ok(());
+                    return Ok(None);
                 }
                 record.outcome = if retry_at.is_some() {
                     AttemptOutcome::Failed
@@ -175,9 +185,9 @@ impl Worker {
                     retry_in_ms = delay.map(|d| d.as_millis() as u64), error = failure.message,
                     "event failed"
                 );
+                Ok(Some(record.outcome))
             }
         }
-        Ok(())
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ClaimedEvent>> {
