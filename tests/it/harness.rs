@@ -204,3 +204,69 @@ pub fn b64(bytes: &[u8]) -> String {
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
+
+/// A worker like hookd's, to drive processing step by step with `process_batch`.
+pub fn worker(pool: &PgPool, extra: &[(&str, &str)]) -> hookd::worker::Worker {
+    hookd::worker(pool.clone(), &config(extra)).expect("worker")
+}
+
+/// Processes until nothing is due within `horizon`, sleeping briefly while retries wait.
+pub async fn drain(worker: &hookd::worker::Worker, pool: &PgPool, horizon: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue did not drain in 60 s"
+        );
+        if worker.process_batch().await.expect("batch") > 0 {
+            continue;
+        }
+        let next: Option<chrono::DateTime<chrono::Utc>> =
+            common::db::events::next_due_at(pool).await.unwrap();
+        match next {
+            Some(due) if due < chrono::Utc::now() + horizon => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Stores a verified event as ingest would, bypassing HTTP.
+pub async fn store(pool: &PgPool, source: common::Source, id: &str, kind: &str, body: &str) -> i64 {
+    let event = common::db::events::NewEvent {
+        source,
+        event_id: common::ProviderEventId::parse(id).unwrap(),
+        event_type: common::EventType::parse(kind).unwrap(),
+        body: body.as_bytes().to_vec(),
+    };
+    match common::db::events::insert(pool, &event).await.unwrap() {
+        common::db::events::Inserted::New(id) => id,
+        common::db::events::Inserted::Duplicate => panic!("{id} already stored"),
+    }
+}
+
+pub async fn insert_business(
+    pool: &PgPool,
+    name: &str,
+    customer: Option<&str>,
+    phone: Option<&str>,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO businesses (name, stripe_customer_id, phone_number) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(name)
+    .bind(customer)
+    .bind(phone)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+pub async fn state_of(pool: &PgPool, id: i64) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT state, attempts, last_error FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

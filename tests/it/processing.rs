@@ -1,0 +1,617 @@
+//! Workers and handlers: effects applied once, in any arrival order, with retries and the DLQ.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::db::events;
+use common::{MIGRATOR, Source};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::*;
+
+const SOON: Duration = Duration::from_secs(5);
+
+fn subscription(customer: &str, status: &str) -> serde_json::Value {
+    json!({
+        "id": "sub_1", "object": "subscription", "customer": customer, "status": status,
+        "start_date": 1_700_000_000,
+        "items": {"data": [{"price": {"id": "price_pro"}}]},
+    })
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Business {
+    stripe_subscription_id: Option<String>,
+    subscription_status: Option<String>,
+    plan_id: Option<String>,
+    subscription_started_at: Option<DateTime<Utc>>,
+    last_payment_at: Option<DateTime<Utc>>,
+}
+
+async fn business(pool: &PgPool, id: i64) -> Business {
+    sqlx::query_as(
+        "SELECT stripe_subscription_id, subscription_status, plan_id, subscription_started_at,
+                last_payment_at
+         FROM businesses WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn stripe_subscription_events_update_the_business_and_the_audit_log(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme Plumbing", Some("cus_1"), None).await;
+    let body = stripe_event(
+        "evt_1",
+        "customer.subscription.created",
+        1_700_000_100,
+        subscription("cus_1", "active"),
+    );
+    let id = store(
+        &pool,
+        Source::Stripe,
+        "evt_1",
+        "customer.subscription.created",
+        &body,
+    )
+    .await;
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+
+    assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 1, None));
+    assert_eq!(
+        business(&pool, biz).await,
+        Business {
+            stripe_subscription_id: Some("sub_1".into()),
+            subscription_status: Some("active".into()),
+            plan_id: Some("price_pro".into()),
+            subscription_started_at: Some(at(1_700_000_000)),
+            last_payment_at: None,
+        }
+    );
+    let audit: (Option<i64>, i64, String, String) =
+        sqlx::query_as("SELECT business_id, webhook_id, source, action FROM audit_logs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audit,
+        (
+            Some(biz),
+            id,
+            "stripe".into(),
+            "customer.subscription.created".into()
+        )
+    );
+    let attempts = events::attempts(&pool, id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "succeeded");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn stripe_out_of_order_deliveries_keep_the_newest_state(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme", Some("cus_1"), None).await;
+    // Stripe sent created (t=100), then updated (t=200), then deleted (t=300); they arrive
+    // as updated, deleted, created.
+    let events = [
+        ("evt_b", "customer.subscription.updated", 200, "past_due"),
+        ("evt_c", "customer.subscription.deleted", 300, "canceled"),
+        ("evt_a", "customer.subscription.created", 100, "active"),
+    ];
+    let worker = worker(&pool, &[]);
+    for (id, kind, created, status) in events {
+        let body = stripe_event(
+            id,
+            kind,
+            1_700_000_000 + created,
+            subscription("cus_1", status),
+        );
+        store(&pool, Source::Stripe, id, kind, &body).await;
+        drain(&worker, &pool, SOON).await;
+    }
+    assert_eq!(
+        business(&pool, biz).await.subscription_status.as_deref(),
+        Some("canceled")
+    );
+    let stale: Vec<(String, bool)> =
+        sqlx::query_as("SELECT action, (details->>'stale')::bool FROM audit_logs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stale,
+        vec![
+            ("customer.subscription.updated".into(), false),
+            ("customer.subscription.deleted".into(), false),
+            ("customer.subscription.created".into(), true),
+        ]
+    );
+    // A late payment failure older than the cancellation does not resurrect "past_due".
+    let late = stripe_event(
+        "evt_d",
+        "invoice.payment_failed",
+        1_700_000_250,
+        json!({"customer": "cus_1"}),
+    );
+    store(
+        &pool,
+        Source::Stripe,
+        "evt_d",
+        "invoice.payment_failed",
+        &late,
+    )
+    .await;
+    drain(&worker, &pool, SOON).await;
+    assert_eq!(
+        business(&pool, biz).await.subscription_status.as_deref(),
+        Some("canceled")
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn both_invoice_shapes_record_payments_and_never_move_them_back(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme", Some("cus_1"), None).await;
+    sqlx::query("UPDATE businesses SET stripe_subscription_id = 'sub_9' WHERE id = $1")
+        .bind(biz)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let worker = worker(&pool, &[]);
+    // Older API versions: `subscription` at the top level; newer: under `parent`.
+    let old_shape = json!({"customer": "cus_1", "subscription": "sub_9",
+                           "status_transitions": {"paid_at": 1_700_000_500}});
+    let new_shape = json!({"parent": {"subscription_details": {"subscription": "sub_9"}},
+                           "status_transitions": {"paid_at": 1_700_000_900}});
+    let late_shape = json!({"customer": "cus_1", "status_transitions": {"paid_at": 1_700_000_100}});
+    for (id, object) in [
+        ("evt_1", old_shape),
+        ("evt_2", new_shape),
+        ("evt_3", late_shape),
+    ] {
+        let body = stripe_event(id, "invoice.payment_succeeded", 1_700_001_000, object);
+        store(
+            &pool,
+            Source::Stripe,
+            id,
+            "invoice.payment_succeeded",
+            &body,
+        )
+        .await;
+        drain(&worker, &pool, SOON).await;
+    }
+    assert_eq!(
+        business(&pool, biz).await.last_payment_at,
+        Some(at(1_700_000_900))
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE state = 'succeeded'"
+        )
+        .await,
+        3
+    );
+
+    let failed = stripe_event(
+        "evt_4",
+        "invoice.payment_failed",
+        1_700_002_000,
+        json!({"parent": {"subscription_details": {"subscription": "sub_9"}}}),
+    );
+    store(
+        &pool,
+        Source::Stripe,
+        "evt_4",
+        "invoice.payment_failed",
+        &failed,
+    )
+    .await;
+    drain(&worker, &pool, SOON).await;
+    assert_eq!(
+        business(&pool, biz).await.subscription_status.as_deref(),
+        Some("past_due")
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_failing_handler_backs_off_then_dead_letters_after_max_attempts(pool: PgPool) {
+    let body = stripe_event(
+        "evt_x",
+        "customer.subscription.updated",
+        1_700_000_000,
+        subscription("cus_nobody", "active"),
+    );
+    let id = store(
+        &pool,
+        Source::Stripe,
+        "evt_x",
+        "customer.subscription.updated",
+        &body,
+    )
+    .await;
+    let worker = worker(
+        &pool,
+        &[("HOOKD_MAX_ATTEMPTS", "4"), ("HOOKD_RETRY_BASE_MS", "200")],
+    );
+    drain(&worker, &pool, Duration::from_secs(10)).await;
+
+    let (state, attempts, error) = state_of(&pool, id).await;
+    assert_eq!((state.as_str(), attempts), ("dead", 4));
+    assert_eq!(
+        error.as_deref(),
+        Some("no business is linked to Stripe customer cus_nobody")
+    );
+    let history = events::attempts(&pool, id).await.unwrap();
+    let outcomes: Vec<_> = history.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["failed", "failed", "failed", "dead"]);
+    // Delays double from 200 ms, each drawn from the upper half of its nominal value.
+    let gaps: Vec<i64> = history
+        .windows(2)
+        .map(|w| (w[1].started_at - w[0].started_at).num_milliseconds())
+        .collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let nominal = 200 << i;
+        assert!(
+            *gap >= nominal / 2,
+            "gap {i} was {gap} ms, nominal {nominal} ms: {gaps:?}"
+        );
+    }
+    assert!(gaps[2] > gaps[0], "delays grow: {gaps:?}");
+    let dead: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT dead_at FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(dead.is_some());
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_payload_missing_required_fields_dead_letters_at_once(pool: PgPool) {
+    insert_business(&pool, "Acme", Some("cus_1"), None).await;
+    let body = stripe_event(
+        "evt_m",
+        "customer.subscription.updated",
+        1_700_000_000,
+        json!({"id": "sub_1", "status": "active"}),
+    );
+    let id = store(
+        &pool,
+        Source::Stripe,
+        "evt_m",
+        "customer.subscription.updated",
+        &body,
+    )
+    .await;
+    let no_created =
+        json!({"id": "evt_n", "type": "invoice.payment_failed", "data": {"object": {}}})
+            .to_string();
+    let id2 = store(
+        &pool,
+        Source::Stripe,
+        "evt_n",
+        "invoice.payment_failed",
+        &no_created,
+    )
+    .await;
+    let call = telnyx_event("tx-1", "call.answered", json!({"to": "+1555"}));
+    let id3 = store(&pool, Source::Telnyx, "tx-1", "call.answered", &call).await;
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    assert_eq!(
+        state_of(&pool, id).await,
+        (
+            "dead".into(),
+            1,
+            Some("payload has no string at /data/object/customer".into())
+        )
+    );
+    assert_eq!(
+        state_of(&pool, id2).await,
+        (
+            "dead".into(),
+            1,
+            Some("payload has no unix timestamp at /created".into())
+        )
+    );
+    assert_eq!(
+        state_of(&pool, id3).await,
+        (
+            "dead".into(),
+            1,
+            Some("payload has no string at /data/payload/call_control_id".into())
+        )
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn unhandled_types_are_skipped_and_counted(pool: PgPool) {
+    let body = stripe_event("evt_s", "charge.refunded", 1_700_000_000, json!({}));
+    let id = store(&pool, Source::Stripe, "evt_s", "charge.refunded", &body).await;
+    let tx = telnyx_event("tx-s", "call.bridged", json!({"call_control_id": "c"}));
+    store(&pool, Source::Telnyx, "tx-s", "call.bridged", &tx).await;
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    assert_eq!(state_of(&pool, id).await, ("skipped".into(), 1, None));
+    let totals = common::db::stats::totals(&pool, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            totals.received,
+            totals.skipped,
+            totals.succeeded,
+            totals.dead
+        ),
+        (2, 2, 0, 0)
+    );
+}
+
+fn call(kind: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut payload = json!({
+        "call_control_id": "v3:call-1", "direction": "incoming",
+        "from": "+15557654321", "to": "+15550100000",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        payload[k] = v.clone();
+    }
+    let mut event: serde_json::Value =
+        serde_json::from_str(&telnyx_event(&format!("id-{kind}"), kind, payload)).unwrap();
+    event["data"]["occurred_at"] = json!(match kind {
+        "call.initiated" => "2026-11-29T03:00:00Z",
+        "call.answered" => "2026-11-29T03:00:05Z",
+        _ => "2026-11-29T03:01:35Z",
+    });
+    event
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct CallLog {
+    business_id: Option<i64>,
+    status: String,
+    started_at: Option<DateTime<Utc>>,
+    answered_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    hangup_cause: Option<String>,
+    duration_secs: Option<i32>,
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn telnyx_calls_converge_whatever_the_arrival_order(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme", None, Some("+15550100000")).await;
+    let initiated = call("call.initiated", json!({"state": "parked"}));
+    let answered = call("call.answered", json!({"state": "answered"}));
+    let hangup = call(
+        "call.hangup",
+        json!({"hangup_cause": "normal_clearing",
+        "start_time": "2026-11-29T03:00:00Z", "end_time": "2026-11-29T03:01:35Z"}),
+    );
+    let orders = [
+        [&initiated, &answered, &hangup],
+        [&hangup, &initiated, &answered],
+        [&answered, &hangup, &initiated],
+        [&hangup, &answered, &initiated],
+    ];
+    let worker = worker(&pool, &[]);
+    for (round, order) in orders.iter().enumerate() {
+        sqlx::query("TRUNCATE events, event_attempts, call_logs")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for event in order {
+            let kind = event["data"]["event_type"].as_str().unwrap();
+            store(
+                &pool,
+                Source::Telnyx,
+                &format!("{round}-{kind}"),
+                kind,
+                &event.to_string(),
+            )
+            .await;
+            drain(&worker, &pool, SOON).await;
+        }
+        let row: CallLog = sqlx::query_as(
+            "SELECT business_id, status, started_at, answered_at, ended_at, hangup_cause, duration_secs
+             FROM call_logs WHERE call_control_id = 'v3:call-1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            row,
+            CallLog {
+                business_id: Some(biz),
+                status: "completed".into(),
+                started_at: Some("2026-11-29T03:00:00Z".parse().unwrap()),
+                answered_at: Some("2026-11-29T03:00:05Z".parse().unwrap()),
+                ended_at: Some("2026-11-29T03:01:35Z".parse().unwrap()),
+                hangup_cause: Some("normal_clearing".into()),
+                duration_secs: Some(90),
+            },
+            "arrival order {round}"
+        );
+    }
+}
+
+fn message(kind: &str, status: &str) -> String {
+    let (direction, from, to) = if kind == "message.received" {
+        ("inbound", "+15557654321", "+15550100000")
+    } else {
+        ("outbound", "+15550100000", "+15557654321")
+    };
+    let id = if kind == "message.received" {
+        "msg-in"
+    } else {
+        "msg-out"
+    };
+    telnyx_event(
+        &format!("{id}-{kind}"),
+        kind,
+        json!({
+            "id": id, "direction": direction, "text": "Open on Sunday?",
+            "from": {"phone_number": from}, "to": [{"phone_number": to, "status": status}],
+            "sent_at": "2026-11-29T03:00:00Z",
+            "completed_at": if kind == "message.finalized" { json!("2026-11-29T03:00:03Z") } else { json!(null) },
+        }),
+    )
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn telnyx_messages_are_logged_with_or_without_a_business(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme", None, Some("+15550100000")).await;
+    let worker = worker(&pool, &[]);
+    // The delivery report overtakes the "sent" event.
+    for (kind, status) in [
+        ("message.finalized", "delivered"),
+        ("message.sent", "sent"),
+        ("message.received", "webhook_delivered"),
+    ] {
+        let body = message(kind, status);
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        store(&pool, Source::Telnyx, &id, kind, &body).await;
+        drain(&worker, &pool, SOON).await;
+    }
+    let rows: Vec<(String, Option<i64>, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT message_id, business_id, direction, status, completed_at FROM sms_logs ORDER BY message_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "msg-in".into(),
+                Some(biz),
+                "inbound".into(),
+                "received".into(),
+                None
+            ),
+            (
+                "msg-out".into(),
+                Some(biz),
+                "outbound".into(),
+                "delivered".into(),
+                Some("2026-11-29T03:00:03Z".parse().unwrap())
+            ),
+        ]
+    );
+    // A number no business owns: logged, not failed.
+    let stranger = telnyx_event(
+        "tx-x",
+        "message.received",
+        json!({
+        "id": "msg-x", "direction": "inbound",
+        "from": {"phone_number": "+1999"}, "to": [{"phone_number": "+1888"}]}),
+    );
+    let id = store(&pool, Source::Telnyx, "tx-x", "message.received", &stranger).await;
+    drain(&worker, &pool, SOON).await;
+    assert_eq!(state_of(&pool, id).await.0, "succeeded");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sms_logs WHERE message_id = 'msg-x' AND business_id IS NULL"
+        )
+        .await,
+        1
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_redelivered_event_applies_once(pool: PgPool) {
+    let hookd = Hookd::start(&pool, config(&[])).await;
+    let body = custom_event("user.signed_up");
+    assert_eq!(hookd.custom("msg_once", &body).await.0, 200);
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        1,
+    )
+    .await;
+    assert_eq!(hookd.custom("msg_once", &body).await.1["duplicate"], true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM audit_logs").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 1);
+    hookd.stop().await;
+}
+
+/// Polls until `sql` returns `want`, for tests that watch a running hookd.
+pub async fn wait_for(pool: &PgPool, sql: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = count(pool, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql}: {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
+    let id = store(&pool, Source::Custom, "msg_l", "x.y", &custom_event("x.y")).await;
+    // Worker A's lease is zero seconds long: expired as soon as it is granted.
+    let a = events::claim_due(&pool, 10, Duration::ZERO).await.unwrap();
+    let b = events::claim_due(&pool, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a[0].id, a[0].attempt, b[0].id, b[0].attempt),
+        (id, 1, id, 2)
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        !events::mark_finished(&mut conn, &a[0], common::State::Succeeded)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !events::mark_failed(&mut conn, &a[0], "late", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        events::mark_finished(&mut conn, &b[0], common::State::Succeeded)
+            .await
+            .unwrap()
+    );
+    assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2, None));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn custom_events_are_audited_with_their_business(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme", None, None).await;
+    let body =
+        json!({"type": "plan.changed", "data": {"business_id": biz, "plan": "pro"}}).to_string();
+    let id = store(&pool, Source::Custom, "msg_c", "plan.changed", &body).await;
+    let ghost = json!({"type": "plan.changed", "data": {"business_id": 999_999}}).to_string();
+    store(&pool, Source::Custom, "msg_g", "plan.changed", &ghost).await;
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    let rows: Vec<(Option<i64>, i64, String)> = sqlx::query_as(
+        "SELECT business_id, webhook_id, details->'data'->>'plan' FROM audit_logs WHERE webhook_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(Some(biz), id, "pro".into())]);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM audit_logs WHERE business_id IS NULL"
+        )
+        .await,
+        1
+    );
+}

@@ -1,0 +1,68 @@
+//! What flows through hooktop: actions into [`crate::app::App::update`], and the effects it
+//! asks the outside world to carry out.
+
+use chrono::{DateTime, Utc};
+use crossterm::event::KeyEvent;
+
+use crate::data::{Detail, Snapshot};
+use crate::notify::Notification;
+
+/// Everything that can change the dashboard's state.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Key(KeyEvent),
+    Resize,
+    /// The clock moved on: ages, status timeouts and notification coalescing depend on it.
+    Tick(DateTime<Utc>),
+    /// A refresh succeeded, so the database is reachable.
+    Snapshot(Box<Snapshot>),
+    /// A refresh failed; `since` is when the outage started.
+    DbDown {
+        since: DateTime<Utc>,
+        error: String,
+    },
+    /// The answer to [`Command::Count`], for a confirmation that states it.
+    Counted { op: Bulk, count: i64 },
+    Retried {
+        id: i64,
+        result: Result<(), String>,
+    },
+    Bulk {
+        op: Bulk,
+        result: Result<u64, String>,
+    },
+    Detail {
+        id: i64,
+        result: Result<Option<Detail>, String>,
+    },
+    NotifyFailed(String),
+    /// SIGTERM, SIGINT or SIGHUP.
+    Quit,
+}
+
+/// The two actions that touch many events, and so ask first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    RetryAll,
+    Purge,
+}
+
+/// Work for the data task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Refresh,
+    /// The DLQ list is filtered in the database; later refreshes use this text.
+    SetFilter(String),
+    Retry(i64),
+    Count(Bulk),
+    Run(Bulk),
+    LoadDetail(i64),
+}
+
+/// What [`crate::app::App::update`] asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Command(Command),
+    Notify(Notification),
+    Quit,
+}

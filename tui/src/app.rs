@@ -1,0 +1,577 @@
+//! hooktop's state and the one function that changes it. `update` is pure and synchronous: it
+//! never touches the database or the terminal, it returns [`Effect`]s for the loop to carry out,
+//! so every key and every answer from the database can be tested without either.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::db::dlq::DeadEvent;
+use common::db::stats::TypeCounts;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::action::{Action, Bulk, Command, Effect};
+use crate::data::{Detail, Snapshot};
+use crate::notify::Alerts;
+
+/// How long an action's report stays in the status line.
+pub const STATUS_FOR: TimeDelta = TimeDelta::seconds(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Types,
+    Dead,
+}
+
+/// What the event type table is sorted by; `s` cycles through them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Dead,
+    Retrying,
+    Received,
+    Succeeded,
+    Skipped,
+    Name,
+}
+
+impl SortKey {
+    pub const ALL: [SortKey; 6] = [
+        SortKey::Dead,
+        SortKey::Retrying,
+        SortKey::Received,
+        SortKey::Succeeded,
+        SortKey::Skipped,
+        SortKey::Name,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SortKey::Dead => "dead",
+            SortKey::Retrying => "retrying",
+            SortKey::Received => "received",
+            SortKey::Succeeded => "ok",
+            SortKey::Skipped => "skipped",
+            SortKey::Name => "name",
+        }
+    }
+
+    fn cycle(self) -> SortKey {
+        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        Self::ALL[(i + 1) % Self::ALL.len()]
+    }
+
+    fn value(self, t: &TypeCounts) -> i64 {
+        match self {
+            SortKey::Dead => t.dead_now,
+            SortKey::Retrying => t.retrying_now,
+            SortKey::Received => t.received,
+            SortKey::Succeeded => t.succeeded,
+            SortKey::Skipped => t.skipped,
+            SortKey::Name => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DbState {
+    Connecting,
+    Up,
+    Down { since: DateTime<Utc>, error: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirm {
+    pub op: Bulk,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetailView {
+    pub id: i64,
+    /// `None` while loading.
+    pub detail: Option<Result<Option<Detail>, String>>,
+    pub scroll: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Overlay {
+    None,
+    Help,
+    Detail(DetailView),
+    Confirm(Confirm),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Success,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub level: Level,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub alert_below: f64,
+    pub notify: bool,
+    pub color: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            alert_below: 0.9,
+            notify: true,
+            color: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub settings: Settings,
+    pub now: DateTime<Utc>,
+    pub db: DbState,
+    pub snapshot: Option<Snapshot>,
+    pub focus: Pane,
+    pub sort: SortKey,
+    pub descending: bool,
+    pub types_selected: usize,
+    pub dead_selected: usize,
+    /// The filter in force; the DLQ list in the snapshot may still be for an older one.
+    pub filter: String,
+    /// While `/` is being typed: the text so far.
+    pub filter_input: Option<String>,
+    pub overlay: Overlay,
+    /// A count was asked for, the confirmation opens when it arrives.
+    pub counting: Option<Bulk>,
+    /// A bulk action is running.
+    pub running: Option<Bulk>,
+    pub status: Option<Status>,
+    /// Why desktop notifications do not work, if they do not.
+    pub notify_note: Option<String>,
+    pub alerts: Alerts,
+    pub quit: bool,
+}
+
+impl App {
+    pub fn new(settings: Settings, now: DateTime<Utc>) -> Self {
+        App {
+            alerts: Alerts::new(settings.alert_below),
+            settings,
+            now,
+            db: DbState::Connecting,
+            snapshot: None,
+            focus: Pane::Dead,
+            sort: SortKey::Dead,
+            descending: true,
+            types_selected: 0,
+            dead_selected: 0,
+            filter: String::new(),
+            filter_input: None,
+            overlay: Overlay::None,
+            counting: None,
+            running: None,
+            status: None,
+            notify_note: None,
+            quit: false,
+        }
+    }
+
+    /// The event type rows on screen: filtered and sorted.
+    pub fn visible_types(&self) -> Vec<&TypeCounts> {
+        let Some(snapshot) = &self.snapshot else {
+            return Vec::new();
+        };
+        let needle = self.filter.trim().to_lowercase();
+        let mut rows: Vec<&TypeCounts> = snapshot
+            .by_type
+            .iter()
+            .filter(|t| {
+                needle.is_empty()
+                    || t.source.to_lowercase().contains(&needle)
+                    || t.event_type.to_lowercase().contains(&needle)
+            })
+            .collect();
+        let by_name = |a: &&TypeCounts, b: &&TypeCounts| {
+            (a.source.as_str(), a.event_type.as_str()).cmp(&(b.source.as_str(), &b.event_type))
+        };
+        rows.sort_by(|a, b| {
+            let primary = self.sort.value(a).cmp(&self.sort.value(b));
+            let order = if self.sort == SortKey::Name {
+                by_name(a, b)
+            } else {
+                primary
+            };
+            let order = if self.descending {
+                order.reverse()
+            } else {
+                order
+            };
+            // Ties stay in name order whichever way the column goes, so rows do not jump.
+            if order == Ordering::Equal {
+                by_name(a, b)
+            } else {
+                order
+            }
+        });
+        rows
+    }
+
+    pub fn dead(&self) -> &[DeadEvent] {
+        self.snapshot.as_ref().map_or(&[], |s| s.dead.as_slice())
+    }
+
+    pub fn selected_dead(&self) -> Option<&DeadEvent> {
+        self.dead().get(self.dead_selected)
+    }
+
+    /// The status line's message, if it is recent enough to matter.
+    pub fn current_status(&self) -> Option<&Status> {
+        self.status
+            .as_ref()
+            .filter(|s| self.now - s.at < STATUS_FOR || s.level == Level::Error)
+    }
+
+    fn say(&mut self, level: Level, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            level,
+            at: self.now,
+        });
+    }
+
+    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Key(key) => self.on_key(key),
+            Action::Resize => Vec::new(),
+            Action::Tick(now) => {
+                self.now = self.now.max(now);
+                self.due_notifications()
+            }
+            Action::Snapshot(snapshot) => self.on_snapshot(*snapshot),
+            Action::DbDown { since, error } => {
+                self.db = DbState::Down { since, error };
+                Vec::new()
+            }
+            Action::Counted { op, count } => {
+                if self.counting != Some(op) {
+                    return Vec::new();
+                }
+                self.counting = None;
+                if count == 0 {
+                    let text = match op {
+                        Bulk::RetryAll => "no dead events to retry",
+                        Bulk::Purge => "no dead events older than 7 days",
+                    };
+                    self.say(Level::Info, text);
+                } else if self.overlay == Overlay::None {
+                    self.overlay = Overlay::Confirm(Confirm { op, count });
+                }
+                Vec::new()
+            }
+            Action::Retried { id, result } => {
+                match result {
+                    Ok(()) => self.say(Level::Success, format!("retried event {id}")),
+                    Err(e) => self.say(Level::Error, format!("retry of event {id} failed: {e}")),
+                }
+                vec![Effect::Command(Command::Refresh)]
+            }
+            Action::Bulk { op, result } => {
+                self.running = None;
+                if self.counting == Some(op) {
+                    self.counting = None;
+                }
+                match (op, result) {
+                    (Bulk::RetryAll, Ok(n)) => {
+                        self.say(Level::Success, format!("retried {n} {}", events(n)));
+                    }
+                    (Bulk::Purge, Ok(n)) => self.say(
+                        Level::Success,
+                        format!("purged {n} dead {} older than 7 days", events(n)),
+                    ),
+                    (Bulk::RetryAll, Err(e)) => self.say(Level::Error, format!("retry all: {e}")),
+                    (Bulk::Purge, Err(e)) => self.say(Level::Error, format!("purge: {e}")),
+                }
+                vec![Effect::Command(Command::Refresh)]
+            }
+            Action::Detail { id, result } => {
+                if let Overlay::Detail(view) = &mut self.overlay
+                    && view.id == id
+                {
+                    view.detail = Some(result);
+                }
+                Vec::new()
+            }
+            Action::NotifyFailed(reason) => {
+                self.notify_note = Some(reason);
+                Vec::new()
+            }
+            Action::Quit => self.quit(),
+        }
+    }
+
+    fn quit(&mut self) -> Vec<Effect> {
+        self.quit = true;
+        vec![Effect::Quit]
+    }
+
+    fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<Effect> {
+        self.now = self.now.max(snapshot.taken_at);
+        self.db = DbState::Up;
+        // Selections follow the row, not the position: new deaths push rows down, and `r`
+        // must retry what the user is looking at.
+        let dead_id = self.selected_dead().map(|e| e.id);
+        let type_key = self
+            .visible_types()
+            .get(self.types_selected)
+            .map(|t| (t.source.clone(), t.event_type.clone()));
+        self.alerts.dead.observe(
+            self.now,
+            &snapshot.recent_dead,
+            crate::data::RECENT_DEAD as usize,
+        );
+        let rate_alert = self
+            .alerts
+            .rate
+            .observe(snapshot.last_5m.event_success_rate());
+        self.snapshot = Some(snapshot);
+        let dead = self.dead();
+        self.dead_selected = dead_id
+            .and_then(|id| dead.iter().position(|e| e.id == id))
+            .unwrap_or(self.dead_selected)
+            .min(dead.len().saturating_sub(1));
+        let types = self.visible_types();
+        self.types_selected = type_key
+            .and_then(|(s, t)| {
+                types
+                    .iter()
+                    .position(|r| r.source == s && r.event_type == t)
+            })
+            .unwrap_or(self.types_selected)
+            .min(types.len().saturating_sub(1));
+        let mut out = Vec::new();
+        if self.settings.notify {
+            out.extend(rate_alert.map(Effect::Notify));
+        }
+        out.extend(self.due_notifications());
+        out
+    }
+
+    fn due_notifications(&mut self) -> Vec<Effect> {
+        let due = self.alerts.dead.due(self.now);
+        match due {
+            Some(n) if self.settings.notify => vec![Effect::Notify(n)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        if ctrl && matches!(key.code, KeyCode::Char('c')) {
+            return self.quit();
+        }
+        if self.filter_input.is_some() {
+            return self.on_filter_key(key);
+        }
+        match &self.overlay {
+            Overlay::None => self.on_main_key(key),
+            Overlay::Help => {
+                match key.code {
+                    KeyCode::Char('q') => return self.quit(),
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Enter => {
+                        self.overlay = Overlay::None
+                    }
+                    _ => {}
+                }
+                Vec::new()
+            }
+            Overlay::Confirm(confirm) => {
+                let confirm = confirm.clone();
+                match key.code {
+                    KeyCode::Char('y' | 'Y') | KeyCode::Enter => {
+                        self.overlay = Overlay::None;
+                        self.running = Some(confirm.op);
+                        let text = match confirm.op {
+                            Bulk::RetryAll => format!("retrying {} dead events…", confirm.count),
+                            Bulk::Purge => format!("purging {} dead events…", confirm.count),
+                        };
+                        self.say(Level::Info, text);
+                        vec![Effect::Command(Command::Run(confirm.op))]
+                    }
+                    KeyCode::Char('n' | 'N') | KeyCode::Esc => {
+                        self.overlay = Overlay::None;
+                        self.say(Level::Info, "cancelled: nothing changed");
+                        Vec::new()
+                    }
+                    KeyCode::Char('q') => self.quit(),
+                    _ => Vec::new(),
+                }
+            }
+            Overlay::Detail(view) => {
+                let id = view.id;
+                match key.code {
+                    KeyCode::Char('q') => return self.quit(),
+                    KeyCode::Esc | KeyCode::Enter => self.overlay = Overlay::None,
+                    KeyCode::Char('r') => return self.retry(id),
+                    KeyCode::Char('?') => self.overlay = Overlay::Help,
+                    code => {
+                        if let Overlay::Detail(view) = &mut self.overlay {
+                            view.scroll = scroll(view.scroll, code);
+                        }
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_main_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        match key.code {
+            KeyCode::Char('q') => return self.quit(),
+            KeyCode::Char('?') => self.overlay = Overlay::Help,
+            KeyCode::Tab | KeyCode::BackTab => {
+                self.focus = match self.focus {
+                    Pane::Types => Pane::Dead,
+                    Pane::Dead => Pane::Types,
+                }
+            }
+            KeyCode::Char('/') => self.filter_input = Some(self.filter.clone()),
+            KeyCode::Esc if !self.filter.is_empty() => {
+                self.filter.clear();
+                self.say(Level::Info, "filter cleared");
+                return vec![Effect::Command(Command::SetFilter(String::new()))];
+            }
+            KeyCode::Esc => {
+                self.counting = None;
+            }
+            KeyCode::Char('s') => {
+                self.sort = self.sort.cycle();
+                self.descending = self.sort != SortKey::Name;
+                self.types_selected = 0;
+            }
+            KeyCode::Char('S') => {
+                self.descending = !self.descending;
+                self.types_selected = 0;
+            }
+            KeyCode::Enter => {
+                if self.focus != Pane::Dead {
+                    self.say(Level::Info, "Tab to the dead-letter queue to open an event");
+                } else if let Some(id) = self.selected_dead().map(|e| e.id) {
+                    self.overlay = Overlay::Detail(DetailView {
+                        id,
+                        detail: None,
+                        scroll: 0,
+                    });
+                    return vec![Effect::Command(Command::LoadDetail(id))];
+                }
+            }
+            KeyCode::Char('r') => {
+                if self.focus != Pane::Dead {
+                    self.say(Level::Info, "Tab to the dead-letter queue to pick an event");
+                } else if let Some(id) = self.selected_dead().map(|e| e.id) {
+                    return self.retry(id);
+                } else {
+                    self.say(Level::Info, "no dead event selected");
+                }
+            }
+            KeyCode::Char('R') => return self.ask(Bulk::RetryAll),
+            KeyCode::Char('p') => return self.ask(Bulk::Purge),
+            code => self.move_selection(code),
+        }
+        Vec::new()
+    }
+
+    fn retry(&mut self, id: i64) -> Vec<Effect> {
+        self.say(Level::Info, format!("retrying event {id}…"));
+        vec![Effect::Command(Command::Retry(id))]
+    }
+
+    /// Bulk actions count first: the confirmation states what will happen.
+    fn ask(&mut self, op: Bulk) -> Vec<Effect> {
+        if let Some(running) = self.running {
+            let what = match running {
+                Bulk::RetryAll => "a retry of all dead events",
+                Bulk::Purge => "a purge",
+            };
+            self.say(Level::Info, format!("{what} is still running"));
+            return Vec::new();
+        }
+        self.counting = Some(op);
+        vec![Effect::Command(Command::Count(op))]
+    }
+
+    fn move_selection(&mut self, code: KeyCode) {
+        let (len, selected) = match self.focus {
+            Pane::Types => (self.visible_types().len(), &mut self.types_selected),
+            Pane::Dead => (
+                self.snapshot.as_ref().map_or(0, |s| s.dead.len()),
+                &mut self.dead_selected,
+            ),
+        };
+        let last = len.saturating_sub(1);
+        *selected = match code {
+            KeyCode::Char('j') | KeyCode::Down => (*selected + 1).min(last),
+            KeyCode::Char('k') | KeyCode::Up => selected.saturating_sub(1),
+            KeyCode::PageDown => (*selected + 10).min(last),
+            KeyCode::PageUp => selected.saturating_sub(10),
+            KeyCode::Char('g') | KeyCode::Home => 0,
+            KeyCode::Char('G') | KeyCode::End => last,
+            _ => *selected,
+        };
+    }
+
+    fn on_filter_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let Some(input) = &mut self.filter_input else {
+            return Vec::new();
+        };
+        match key.code {
+            KeyCode::Enter => {
+                self.filter = input.trim().to_owned();
+                self.filter_input = None;
+                self.dead_selected = 0;
+                self.types_selected = 0;
+                let text = if self.filter.is_empty() {
+                    "filter cleared".to_owned()
+                } else {
+                    format!("filter: {}", self.filter)
+                };
+                self.say(Level::Info, text);
+                return vec![Effect::Command(Command::SetFilter(self.filter.clone()))];
+            }
+            KeyCode::Esc => {
+                self.filter_input = None;
+                return Vec::new();
+            }
+            KeyCode::Backspace => {
+                input.pop();
+            }
+            KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => input.clear(),
+            KeyCode::Char(c) if !c.is_control() && input.chars().count() < 100 => input.push(c),
+            _ => {}
+        }
+        Vec::new()
+    }
+}
+
+fn scroll(at: u16, code: KeyCode) -> u16 {
+    match code {
+        KeyCode::Char('j') | KeyCode::Down => at.saturating_add(1),
+        KeyCode::Char('k') | KeyCode::Up => at.saturating_sub(1),
+        KeyCode::PageDown | KeyCode::Char(' ') => at.saturating_add(10),
+        KeyCode::PageUp => at.saturating_sub(10),
+        KeyCode::Char('g') | KeyCode::Home => 0,
+        _ => at,
+    }
+}
+
+pub fn events(n: u64) -> &'static str {
+    if n == 1 { "event" } else { "events" }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,315 @@
+//! The only part of hooktop that talks to PostgreSQL. A task refreshes snapshots when hookd
+//! announces work (LISTEN/NOTIFY) or the fallback timer fires, runs DLQ commands, and reports
+//! everything back as [`Action`]s, so the screen never waits on the database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::Source;
+use common::db::dlq::{self, DeadEvent, DeadFilter};
+use common::db::events::{self, Attempt, EventDetail};
+use common::db::stats::{self, Queue, Totals, TypeCounts};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use crate::action::{Action, Bulk, Command};
+
+/// Refresh at least this often, in case a notification was lost (or hookd is an older build).
+pub const FALLBACK_REFRESH: Duration = Duration::from_secs(2);
+/// A burst of notifications becomes at most one refresh per this gap (about 4 per second).
+pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
+/// Dead events listed: newest first, enough to page through by eye at 3 a.m.
+pub const DLQ_LIMIT: i64 = 200;
+/// Newest dead events checked for notifications, whatever the filter on screen.
+pub const RECENT_DEAD: i64 = 100;
+/// Dead events older than this are what `p` purges.
+pub const PURGE_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
+/// The window of the success rate alert.
+pub const ALERT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// A refresh that takes longer than this counts as the database being unreachable.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const LISTEN_RETRY: Duration = Duration::from_secs(2);
+/// The payload view stops here; a megabyte of JSON is not read on a terminal.
+const PAYLOAD_LINES: usize = 2_000;
+
+/// Everything the main screen shows, read in one go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub taken_at: DateTime<Utc>,
+    /// How long the refresh took.
+    pub took: Duration,
+    pub queue: Queue,
+    pub last_5m: Totals,
+    pub last_hour: Totals,
+    pub last_day: Totals,
+    /// Events received per minute over the last hour, oldest first.
+    pub throughput: Vec<(DateTime<Utc>, i64)>,
+    /// Flow over the last 24 hours, with what is retrying and dead now.
+    pub by_type: Vec<TypeCounts>,
+    /// The DLQ as filtered on screen, newest first.
+    pub dead: Vec<DeadEvent>,
+    /// The filter `dead` was read with.
+    pub filter: String,
+    /// The newest dead events regardless of the filter, for notifications.
+    pub recent_dead: Vec<DeadEvent>,
+}
+
+/// One event opened from the DLQ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detail {
+    pub event: EventDetail,
+    pub attempts: Vec<Attempt>,
+    /// Pretty-printed once here rather than on every frame.
+    pub payload: Vec<String>,
+}
+
+/// The database side of a filter: a source name selects the source, anything else matches the
+/// event type, provider event id or last error.
+pub fn dead_filter(text: &str, limit: i64) -> DeadFilter {
+    let text = text.trim();
+    let source = text.parse::<Source>().ok();
+    DeadFilter {
+        source,
+        text: (source.is_none() && !text.is_empty()).then(|| text.to_owned()),
+        limit,
+        ..DeadFilter::default()
+    }
+}
+
+/// A pool for hooktop: lazy, so the dashboard starts (and says the database is down) without
+/// a database, and small, since it runs a handful of cheap queries.
+pub fn pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        // One held by the listener, the rest let a refresh run its queries side by side.
+        .max_connections(4)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options.application_name("hooktop"))
+}
+
+/// One full refresh: the exact queries the dashboard runs, also timed by `--bench-refresh`.
+pub async fn fetch(pool: &PgPool, filter: &str) -> sqlx::Result<Snapshot> {
+    let started = Instant::now();
+    let filtered = dead_filter(filter, DLQ_LIMIT);
+    let unfiltered = filter.trim().is_empty();
+    let (queue, last_5m, last_hour, last_day, throughput) = tokio::try_join!(
+        stats::queue(pool),
+        stats::totals(pool, ALERT_WINDOW),
+        stats::totals(pool, chrono::TimeDelta::hours(1)),
+        stats::totals(pool, chrono::TimeDelta::hours(24)),
+        stats::throughput(pool, 60),
+    )?;
+    let (by_type, dead, recent_dead) = tokio::try_join!(
+        stats::by_type(pool, chrono::TimeDelta::hours(24)),
+        dlq::list(pool, &filtered),
+        async {
+            // Without a filter the list on screen already holds the newest dead events.
+            if unfiltered {
+                return Ok(None);
+            }
+            let newest = DeadFilter {
+                limit: RECENT_DEAD,
+                ..DeadFilter::default()
+            };
+            dlq::list(pool, &newest).await.map(Some)
+        },
+    )?;
+    let recent_dead =
+        recent_dead.unwrap_or_else(|| dead.iter().take(RECENT_DEAD as usize).cloned().collect());
+    Ok(Snapshot {
+        taken_at: Utc::now(),
+        took: started.elapsed(),
+        queue,
+        last_5m,
+        last_hour,
+        last_day,
+        throughput,
+        by_type,
+        dead,
+        filter: filter.to_owned(),
+        recent_dead,
+    })
+}
+
+pub async fn detail(pool: &PgPool, id: i64) -> sqlx::Result<Option<Detail>> {
+    let Some(event) = events::get(pool, id).await? else {
+        return Ok(None);
+    };
+    let attempts = events::attempts(pool, id).await?;
+    let pretty = serde_json::to_string_pretty(&event.payload)
+        .unwrap_or_else(|_| event.payload.to_string());
+    let mut payload: Vec<String> = pretty
+        .lines()
+        .take(PAYLOAD_LINES)
+        .map(str::to_owned)
+        .collect();
+    let total = pretty.lines().count();
+    if total > PAYLOAD_LINES {
+        payload.push(format!("… {} more lines", total - PAYLOAD_LINES));
+    }
+    Ok(Some(Detail {
+        event,
+        attempts,
+        payload,
+    }))
+}
+
+/// Errors for the screen: one line, never the connection string.
+pub fn describe(err: &sqlx::Error) -> String {
+    let text = match err {
+        sqlx::Error::PoolTimedOut => "no connection (timed out)".to_owned(),
+        sqlx::Error::Io(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Runs until `commands` closes. Reports to `actions`; a closed `actions` ends it too.
+pub async fn run(
+    pool: PgPool,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    actions: mpsc::UnboundedSender<Action>,
+) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
+    let mut fallback = tokio::time::interval(FALLBACK_REFRESH);
+    fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut filter = String::new();
+    let mut down_since: Option<DateTime<Utc>> = None;
+    let mut dirty = true;
+    let mut next_allowed = Instant::now();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => break,
+                Some(Command::Refresh) => dirty = true,
+                Some(Command::SetFilter(text)) => {
+                    filter = text;
+                    dirty = true;
+                }
+                Some(other) => {
+                    tokio::spawn(execute(pool.clone(), other, actions.clone(), wake.clone()));
+                }
+            },
+            () = wake.notified() => dirty = true,
+            _ = fallback.tick() => dirty = true,
+            () = tokio::time::sleep_until(next_allowed), if dirty => {
+                dirty = false;
+                next_allowed = Instant::now() + MIN_REFRESH_GAP;
+                let result = tokio::time::timeout(REFRESH_TIMEOUT, fetch(&pool, &filter)).await;
+                let action = match result {
+                    Ok(Ok(snapshot)) => {
+                        down_since = None;
+                        Action::Snapshot(Box::new(snapshot))
+                    }
+                    Ok(Err(e)) => Action::DbDown {
+                        since: *down_since.get_or_insert_with(Utc::now),
+                        error: describe(&e),
+                    },
+                    Err(_) => Action::DbDown {
+                        since: *down_since.get_or_insert_with(Utc::now),
+                        error: "the database did not answer in time".to_owned(),
+                    },
+                };
+                if actions.send(action).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    listener.abort();
+}
+
+async fn execute(
+    pool: PgPool,
+    command: Command,
+    actions: mpsc::UnboundedSender<Action>,
+    wake: Arc<Notify>,
+) {
+    let action = match command {
+        Command::Refresh | Command::SetFilter(_) => return,
+        Command::Retry(id) => Action::Retried {
+            id,
+            result: dlq::retry(&pool, id).await.map_err(|e| match e {
+                dlq::DlqError::Database(e) => describe(&e),
+                other => other.to_string(),
+            }),
+        },
+        Command::Count(op) => {
+            let count = match op {
+                Bulk::RetryAll => dlq::count(&pool).await,
+                Bulk::Purge => dlq::count_older_than(&pool, PURGE_AGE).await,
+            };
+            match count {
+                Ok(count) => Action::Counted { op, count },
+                Err(e) => Action::Bulk {
+                    op,
+                    result: Err(describe(&e)),
+                },
+            }
+        }
+        Command::Run(op) => {
+            let result = match op {
+                Bulk::RetryAll => dlq::retry_all(&pool).await,
+                Bulk::Purge => dlq::purge_older_than(&pool, PURGE_AGE).await,
+            };
+            Action::Bulk {
+                op,
+                result: result.map_err(|e| describe(&e)),
+            }
+        }
+        Command::LoadDetail(id) => Action::Detail {
+            id,
+            result: detail(&pool, id).await.map_err(|e| describe(&e)),
+        },
+    };
+    let changed = matches!(
+        action,
+        Action::Retried { .. } | Action::Bulk { result: Ok(_), .. }
+    );
+    // Only the UI's end of the channel can be gone, and then nobody is left to tell.
+    let _ = actions.send(action);
+    if changed {
+        wake.notify_one();
+    }
+}
+
+/// Wakes the refresher on every notification, and once after each (re)connection, since
+/// notifications sent while disconnected are lost.
+async fn listen(pool: PgPool, wake: Arc<Notify>) {
+    loop {
+        if let Ok(mut listener) = PgListener::connect_with(&pool).await
+            && listener
+                .listen_all([common::EVENTS_CHANNEL, common::PROGRESS_CHANNEL])
+                .await
+                .is_ok()
+        {
+            wake.notify_one();
+            // `Ok(None)` is a lost connection that the listener re-established by itself.
+            while listener.try_recv().await.is_ok() {
+                wake.notify_one();
+            }
+        }
+        tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_name_filters_by_source_and_other_text_by_content() {
+        let f = dead_filter(" Stripe ", 10);
+        assert_eq!(f.source, Some(Source::Stripe));
+        assert_eq!(f.text, None);
+        let f = dead_filter("invoice", 10);
+        assert_eq!((f.source, f.text.as_deref()), (None, Some("invoice")));
+        let f = dead_filter("  ", 10);
+        assert_eq!((f.source, f.text), (None, None));
+        assert_eq!(f.limit, 10);
+    }
+}
