@@ -270,3 +270,166 @@ pub async fn state_of(pool: &PgPool, id: i64) -> (String, i32, Option<String>) {
         .await
         .unwrap()
 }
+
+/// The real `hookd` executable, built on first use so the suite needs no separate step.
+pub fn hookd_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // This test binary lives in target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile>");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "hookd", "--bin", "hookd"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p hookd failed");
+        profile_dir.join("hookd")
+    })
+}
+
+/// A URL for the test's private database, for child processes.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let mut url = reqwest::Url::parse(&base).expect("DATABASE_URL is a URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("test database")
+        .to_owned();
+    url.set_path(&db);
+    url.to_string()
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A hookd process; killed when dropped so a failing test leaves nothing behind.
+pub struct Process {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl Process {
+    pub fn spawn(pool: &PgPool, extra: &[(&str, &str)]) -> Process {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("hookd-it-{}-{port}.log", std::process::id()));
+        let public = telnyx::PublicKey::from_signing_key(&telnyx_key()).to_base64();
+        let mut command = std::process::Command::new(hookd_bin());
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database_url(pool))
+            .env("HOOKD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
+            .env("TELNYX_PUBLIC_KEY", public)
+            .env("CUSTOM_WEBHOOK_SECRET", CUSTOM_SECRET)
+            .env("HOOKD_POLL_INTERVAL_MS", "200")
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn hookd");
+        Process { child, port, log }
+    }
+
+    /// Waits until the process accepts connections.
+    pub async fn ready(self) -> Process {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hookd did not start listening"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn exit_within(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hookd did not exit within {limit:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_lines(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Stores `n` custom events in one statement (as a backlog would look).
+pub async fn backlog(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO events (source, event_id, event_type, body, payload)
+         SELECT 'custom', 'msg_' || g, 'load.test', convert_to(p::text, 'UTF8'), p
+         FROM generate_series(1, $1) g,
+              LATERAL (SELECT jsonb_build_object('type', 'load.test', 'data', jsonb_build_object('n', g)) AS p) j",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Polls until `sql` returns `want`.
+pub async fn wait_for(pool: &PgPool, sql: &str, want: i64, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got = count(pool, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql}: {got}, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

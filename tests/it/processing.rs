@@ -478,7 +478,8 @@ async fn telnyx_messages_are_logged_with_or_without_a_business(pool: PgPool) {
         store(&pool, Source::Telnyx, &id, kind, &body).await;
         drain(&worker, &pool, SOON).await;
     }
-    let rows: Vec<(String, Option<i64>, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+    type SmsRow = (String, Option<i64>, String, String, Option<DateTime<Utc>>);
+    let rows: Vec<SmsRow> = sqlx::query_as(
         "SELECT message_id, business_id, direction, status, completed_at FROM sms_logs ORDER BY message_id",
     )
     .fetch_all(&pool)

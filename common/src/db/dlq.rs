@@ -27,7 +27,7 @@ pub struct DeadFilter {
     pub event_type: Option<String>,
     /// Case-insensitive substring of the event type, provider event id or last error.
     pub text: Option<String>,
-    /// Page through older entries: only events with an id below this.
+    /// Page on: only entries listed after this event (the last one of the previous page).
     pub before_id: Option<i64>,
     pub limit: i64,
 }
@@ -62,7 +62,8 @@ pub async fn list(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<Vec<DeadEv
            AND ($2::text IS NULL OR event_type = $2)
            AND ($3::text IS NULL OR event_type ILIKE $3 OR event_id ILIKE $3
                 OR last_error ILIKE $3)
-           AND ($4::bigint IS NULL OR id < $4)
+           AND ($4::bigint IS NULL
+                OR (dead_at, id) < (SELECT dead_at, id FROM events WHERE id = $4))
          ORDER BY dead_at DESC, id DESC
          LIMIT $5",
     )
