@@ -55,6 +55,7 @@ pub struct Config {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// Webhook requests per second per client address; `None` when turned off.
     pub rate_limit: Option<u32>,
     pub rate_burst: u32,
     pub db_max_connections: u32,
@@ -244,9 +245,9 @@ impl Config {
                 "must be set (a whsec_ secret) to sign forwarded events",
             ));
         }
-        let rate_limit = match sources.get("HOOKD_RATE_LIMIT")? {
-            None => None,
-            Some(_) => Some(sources.positive("HOOKD_RATE_LIMIT", 1u32)?),
+        let rate_limit = match sources.get("HOOKD_RATE_LIMIT")?.as_deref().map(str::trim) {
+            Some("off" | "0") => None,
+            _ => Some(sources.positive("HOOKD_RATE_LIMIT", 100u32)?),
         };
         let log_format = sources
             .get("HOOKD_LOG_FORMAT")?
@@ -284,7 +285,7 @@ impl Config {
                 sources.positive("HOOKD_SHUTDOWN_TIMEOUT_SECS", 20)?,
             ),
             rate_limit,
-            rate_burst: sources.positive("HOOKD_RATE_BURST", 200)?,
+            rate_burst: sources.positive("HOOKD_RATE_BURST", 1_000)?,
             // Ingest, the listener and every worker each want a connection.
             db_max_connections: sources
                 .positive("HOOKD_DB_MAX_CONNECTIONS", 16 + workers as u32)?,

@@ -8,7 +8,9 @@ pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod send;
+pub mod systemd;
 pub mod verify;
 pub mod worker;
 
@@ -27,6 +29,7 @@ pub use config::Config;
 pub use http::{AppState, app};
 
 use crate::handlers::forward::Forwarder;
+use crate::metrics::Metrics;
 use crate::worker::{RetryPolicy, Worker, WorkerConfig};
 
 /// How long a request waits for a database connection before hookd answers 503: a sender
@@ -54,7 +57,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying database migrations")
 }
 
-pub fn worker(pool: PgPool, config: &Config) -> anyhow::Result<Worker> {
+pub fn worker(pool: PgPool, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
     let forwarder = Forwarder::new(
         config.forward_urls.clone(),
         config.forward_secret.clone(),
@@ -72,8 +75,10 @@ pub fn worker(pool: PgPool, config: &Config) -> anyhow::Result<Worker> {
             batch_size: config.batch_size,
             lease: config.lease,
             poll_interval: config.poll_interval,
+            forward_timeout: config.forward_timeout,
         },
         Arc::new(forwarder),
+        metrics,
     ))
 }
 
@@ -96,8 +101,11 @@ pub async fn run_with_pool(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    systemd::status("applying migrations");
     migrate(&pool).await?;
-    let worker = worker(pool.clone(), &config)?;
+    let metrics = Arc::new(Metrics::default());
+    let worker = worker(pool.clone(), &config, metrics.clone())?;
+    let heartbeat = (config.workers > 0).then(|| worker.heartbeat());
 
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
@@ -105,14 +113,20 @@ pub async fn run_with_pool(
     for _ in 0..config.workers {
         tasks.spawn(worker.clone().run(wake.clone(), shutdown.clone()));
     }
+    if let Some(heartbeat) = heartbeat.clone() {
+        tokio::spawn(systemd::watchdog(pool.clone(), heartbeat, shutdown.clone()));
+    }
 
-    let app = app(AppState::new(pool.clone(), &config));
-    tracing::info!(address = %listener.local_addr()?, workers = config.workers, "hookd listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    // The server only returns early on an accept error; stop the workers either way.
-    shutdown.cancel();
+    let app = app(AppState::new(pool.clone(), &config, metrics, heartbeat));
+    let address = listener.local_addr()?;
+    tracing::info!(%address, workers = config.workers, "hookd listening");
+    systemd::ready(&address.to_string());
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        systemd::stopping();
+    });
+    http::serve(listener, app, shutdown.clone()).await;
 
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
         while tasks.join_next().await.is_some() {}
@@ -125,5 +139,5 @@ pub async fn run_with_pool(
     }
     pool.close().await;
     tracing::info!("hookd stopped");
-    served.context("HTTP server failed")
+    Ok(())
 }

@@ -412,10 +412,11 @@ async fn an_unreachable_database_answers_503() {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(std::time::Duration::from_secs(2))
         .connect_lazy_with(options);
-    let state = hookd::AppState::new(pool, &config(&[]));
+    let state = hookd::AppState::new(pool, &config(&[]), Default::default(), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, hookd::app(state)).await });
+    let app = hookd::app(state);
+    tokio::spawn(hookd::http::serve(listener, app, Default::default()));
     let body = stripe_event("evt_down", "x.y", now(), json!({}));
     let response = reqwest::Client::new()
         .post(format!("http://{addr}{STRIPE_PATH}"))

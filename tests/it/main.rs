@@ -1,9 +1,11 @@
 //! hookd's end-to-end suite: the real server over loopback HTTP against a real PostgreSQL.
 //! Each `#[sqlx::test]` gets a private database with the migrations applied.
 
+mod admin;
 mod dlq;
 mod forward;
 mod harness;
 mod ingest;
 mod processes;
 mod processing;
+mod systemd;

@@ -2,7 +2,7 @@
 //! goes to the log only.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -15,9 +15,19 @@ pub enum ApiError {
     NotFound(String),
     #[error("body exceeds the {0}-byte limit")]
     TooLarge(usize),
-    /// The event could not be stored durably; the sender should retry.
+    #[error("missing bearer token")]
+    Unauthorized,
+    #[error("invalid token")]
+    Forbidden,
+    /// A DLQ action on an event in the wrong state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("rate limit exceeded, retry in {0} s")]
+    TooManyRequests(u64),
+    /// The database failed: an event could not be stored durably (the sender should retry),
+    /// or an operator's request could not be served.
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[from] sqlx::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -28,6 +38,10 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -37,7 +51,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Unavailable(e) => tracing::error!(error = %e, "database write failed"),
+            ApiError::Unavailable(e) => tracing::error!(error = %e, "database unavailable"),
             ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
         }
@@ -45,6 +59,17 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => "database unavailable, retry later".to_owned(),
             other => other.to_string(),
         };
-        (self.status(), Json(json!({ "error": message }))).into_response()
+        let mut response = (self.status(), Json(json!({ "error": message }))).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        response
     }
 }

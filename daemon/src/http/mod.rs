@@ -1,20 +1,36 @@
-//! HTTP transport: routes and the state they share. Verification lives in `verify`, storage in
-//! `common::db`; handlers here only connect them.
+//! HTTP transport: routes, the state they share, and the server with its limits. Verification
+//! lives in `verify`, storage in `common::db`; handlers here only connect them.
 
+mod admin;
 mod error;
+mod rate_limit;
+mod server;
 mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::post;
+use axum::routing::{get, post};
 use secrecy::SecretString;
 use sqlx::PgPool;
 
 pub use error::ApiError;
+pub use rate_limit::RateLimit;
+pub use server::serve;
 
+use std::time::Duration;
+
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::metrics::Metrics;
 use crate::verify::{standard, telnyx};
+use crate::worker::Heartbeat;
+
+/// A webhook body must arrive within this once its headers have.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -27,18 +43,34 @@ struct Inner {
     stripe_secret: Option<SecretString>,
     telnyx_public_key: Option<telnyx::PublicKey>,
     custom_secret: Option<standard::Secret>,
+    admin_token: Option<SecretString>,
     body_limit: usize,
+    rate_limit: Option<RateLimit>,
+    metrics: Arc<Metrics>,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, config: &crate::Config) -> Self {
+    /// `heartbeat` is the workers' (none when this process runs no workers).
+    pub fn new(
+        pool: PgPool,
+        config: &crate::Config,
+        metrics: Arc<Metrics>,
+        heartbeat: Option<Heartbeat>,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 pool,
                 stripe_secret: config.stripe_secret.clone(),
                 telnyx_public_key: config.telnyx_public_key.clone(),
                 custom_secret: config.custom_secret.clone(),
+                admin_token: config.admin_token.clone(),
                 body_limit: config.body_limit,
+                rate_limit: config
+                    .rate_limit
+                    .map(|per_second| RateLimit::new(per_second, config.rate_burst)),
+                metrics,
+                heartbeat,
             }),
         }
     }
@@ -46,14 +78,50 @@ impl AppState {
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
 }
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.inner.body_limit;
-    Router::new()
+    let webhooks = Router::new()
         .route("/api/stripe/webhook", post(webhooks::stripe))
         .route("/api/telnyx/webhook", post(webhooks::telnyx))
         .route("/api/custom/webhook", post(webhooks::custom))
         .layer(DefaultBodyLimit::max(body_limit))
+        // A sender that trickles its body is cut off rather than holding a connection.
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ));
+    let admin = Router::new()
+        .route(
+            "/api/webhooks/dlq",
+            get(admin::list_dead)
+                .post(admin::retry)
+                .delete(admin::purge),
+        )
+        .route("/api/webhooks/analytics", get(admin::analytics))
+        .route("/metrics", get(admin::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ))
+        // Admin requests are small JSON documents.
+        .layer(DefaultBodyLimit::max(64 * 1024));
+    Router::new()
+        .merge(webhooks)
+        .merge(admin)
+        .route("/api/webhooks/health", get(admin::health))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .with_state(state)
 }

@@ -1,6 +1,8 @@
 //! The three webhook routes: verify the raw bytes, pick out the idempotency key, store, answer.
 //! No business logic runs here; workers do that after the event is durable.
 
+use std::time::Instant;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::verify::{self, standard, stripe, telnyx};
+use crate::verify::{VerifyError, standard, stripe, telnyx};
 
 #[derive(Debug, Serialize)]
 pub struct Ack {
@@ -32,75 +34,109 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(state.inner.body_limit)
-        } else {
-            ApiError::BadRequest(format!("cannot read body: {}", rejection.body_text()))
-        }
-    })
-}
-
-fn rejected(source: Source, err: verify::VerifyError) -> ApiError {
-    tracing::info!(%source, reason = %err, "webhook rejected");
-    ApiError::BadRequest(err.to_string())
-}
-
-fn disabled(source: Source) -> ApiError {
-    ApiError::NotFound(format!(
-        "{source} webhooks are not configured on this server"
-    ))
-}
-
-/// Parses a verified body; it must be a JSON object.
-fn parse(body: &[u8]) -> Result<Value, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(ApiError::BadRequest("body is not a JSON object".into())),
-        Err(e) => Err(ApiError::BadRequest(format!("body is not valid JSON: {e}"))),
-    }
-}
-
-fn string_at<'a>(payload: &'a Value, pointer: &str) -> Result<&'a str, ApiError> {
-    payload
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest(format!("payload has no string at {pointer}")))
-}
-
-fn identifier<T, E: std::fmt::Display>(parsed: Result<T, E>) -> Result<T, ApiError> {
-    parsed.map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
-async fn store(
-    state: &AppState,
+/// One delivery on its way in; every way out of it is counted in the metrics.
+struct Delivery<'a> {
+    state: &'a AppState,
     source: Source,
-    event_id: &str,
-    event_type: &str,
-    body: Bytes,
-) -> Reply {
-    let event = NewEvent {
-        source,
-        event_id: identifier(ProviderEventId::parse(event_id))?,
-        event_type: identifier(EventType::parse(event_type))?,
-        body: body.into(),
-    };
-    match events::insert(state.pool(), &event).await {
-        Ok(inserted) => {
-            let duplicate = inserted == Inserted::Duplicate;
-            tracing::info!(%source, event_id, event_type, duplicate, "webhook accepted");
-            Ok(Json(Ack {
-                received: true,
-                duplicate,
-            }))
+    started: Instant,
+}
+
+impl<'a> Delivery<'a> {
+    fn new(state: &'a AppState, source: Source) -> Self {
+        Delivery {
+            state,
+            source,
+            started: Instant::now(),
         }
-        Err(e) if events::is_payload_rejected(&e) => Err(ApiError::BadRequest(format!(
-            "payload cannot be stored: {}",
-            e.as_database_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
-        ))),
-        Err(e) => Err(ApiError::Unavailable(e)),
+    }
+
+    fn reject(&self, reason: &'static str, error: ApiError) -> ApiError {
+        self.state.metrics().rejected(self.source, reason);
+        if !matches!(error, ApiError::Unavailable(_)) {
+            tracing::info!(source = %self.source, reason, error = %error, "webhook rejected");
+        }
+        error
+    }
+
+    fn enabled<T>(&self, setting: Option<T>) -> Result<T, ApiError> {
+        setting.ok_or_else(|| {
+            let message = format!("{} webhooks are not configured on this server", self.source);
+            self.reject("disabled", ApiError::NotFound(message))
+        })
+    }
+
+    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+        body.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                self.reject("too_large", ApiError::TooLarge(self.state.inner.body_limit))
+            } else {
+                let message = format!("cannot read body: {}", rejection.body_text());
+                self.reject("body", ApiError::BadRequest(message))
+            }
+        })
+    }
+
+    fn verified(&self, result: Result<(), VerifyError>) -> Result<(), ApiError> {
+        result.map_err(|e| {
+            let reason = match e {
+                VerifyError::StaleTimestamp => "timestamp",
+                VerifyError::MissingHeader(_) => "missing_header",
+                _ => "signature",
+            };
+            self.reject(reason, ApiError::BadRequest(e.to_string()))
+        })
+    }
+
+    fn bad_body(&self, message: String) -> ApiError {
+        self.reject("body", ApiError::BadRequest(message))
+    }
+
+    /// Parses a verified body; it must be a JSON object.
+    fn parse(&self, body: &[u8]) -> Result<Value, ApiError> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(value @ Value::Object(_)) => Ok(value),
+            Ok(_) => Err(self.bad_body("body is not a JSON object".into())),
+            Err(e) => Err(self.bad_body(format!("body is not valid JSON: {e}"))),
+        }
+    }
+
+    fn field<'v>(&self, payload: &'v Value, pointer: &str) -> Result<&'v str, ApiError> {
+        payload
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.bad_body(format!("payload has no string at {pointer}")))
+    }
+
+    async fn store(&self, event_id: &str, event_type: &str, body: Bytes) -> Reply {
+        let event = NewEvent {
+            source: self.source,
+            event_id: ProviderEventId::parse(event_id).map_err(|e| self.bad_body(e.to_string()))?,
+            event_type: EventType::parse(event_type).map_err(|e| self.bad_body(e.to_string()))?,
+            body: body.into(),
+        };
+        let inserted = match events::insert(self.state.pool(), &event).await {
+            Ok(inserted) => inserted,
+            Err(e) if events::is_payload_rejected(&e) => {
+                let detail = e
+                    .as_database_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                return Err(self.bad_body(format!("payload cannot be stored: {detail}")));
+            }
+            Err(e) => return Err(self.reject("unavailable", ApiError::Unavailable(e))),
+        };
+        let duplicate = inserted == Inserted::Duplicate;
+        let metrics = self.state.metrics();
+        if duplicate {
+            metrics.duplicate(self.source);
+        } else {
+            metrics.received(self.source, event_type);
+        }
+        metrics.ingest_latency(self.source, self.started.elapsed());
+        tracing::info!(source = %self.source, event_id, event_type, duplicate, "webhook accepted");
+        Ok(Json(Ack {
+            received: true,
+            duplicate,
+        }))
     }
 }
 
@@ -109,23 +145,19 @@ pub async fn stripe(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let source = Source::Stripe;
-    let secret = state
-        .inner
-        .stripe_secret
-        .as_ref()
-        .ok_or_else(|| disabled(source))?;
-    let body = body_bytes(&state, body)?;
-    stripe::verify(
+    let delivery = Delivery::new(&state, Source::Stripe);
+    let secret = delivery.enabled(state.inner.stripe_secret.as_ref())?;
+    let body = delivery.body(body)?;
+    delivery.verified(stripe::verify(
         secret.expose_secret().as_bytes(),
         header(&headers, stripe::HEADER),
         &body,
         now(),
-    )
-    .map_err(|e| rejected(source, e))?;
-    let payload = parse(&body)?;
-    let (id, kind) = (string_at(&payload, "/id")?, string_at(&payload, "/type")?);
-    store(&state, source, id, kind, body).await
+    ))?;
+    let payload = delivery.parse(&body)?;
+    let id = delivery.field(&payload, "/id")?;
+    let kind = delivery.field(&payload, "/type")?;
+    delivery.store(id, kind, body).await
 }
 
 pub async fn telnyx(
@@ -133,27 +165,20 @@ pub async fn telnyx(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let source = Source::Telnyx;
-    let key = state
-        .inner
-        .telnyx_public_key
-        .as_ref()
-        .ok_or_else(|| disabled(source))?;
-    let body = body_bytes(&state, body)?;
-    telnyx::verify(
+    let delivery = Delivery::new(&state, Source::Telnyx);
+    let key = delivery.enabled(state.inner.telnyx_public_key.as_ref())?;
+    let body = delivery.body(body)?;
+    delivery.verified(telnyx::verify(
         key,
         header(&headers, telnyx::SIGNATURE_HEADER),
         header(&headers, telnyx::TIMESTAMP_HEADER),
         &body,
         now(),
-    )
-    .map_err(|e| rejected(source, e))?;
-    let payload = parse(&body)?;
-    let (id, kind) = (
-        string_at(&payload, "/data/id")?,
-        string_at(&payload, "/data/event_type")?,
-    );
-    store(&state, source, id, kind, body).await
+    ))?;
+    let payload = delivery.parse(&body)?;
+    let id = delivery.field(&payload, "/data/id")?;
+    let kind = delivery.field(&payload, "/data/event_type")?;
+    delivery.store(id, kind, body).await
 }
 
 pub async fn custom(
@@ -161,26 +186,20 @@ pub async fn custom(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let source = Source::Custom;
-    let secret = state
-        .inner
-        .custom_secret
-        .as_ref()
-        .ok_or_else(|| disabled(source))?;
-    let body = body_bytes(&state, body)?;
+    let delivery = Delivery::new(&state, Source::Custom);
+    let secret = delivery.enabled(state.inner.custom_secret.as_ref())?;
+    let body = delivery.body(body)?;
     let id = header(&headers, standard::ID_HEADER);
-    standard::verify(
+    delivery.verified(standard::verify(
         secret,
         id,
         header(&headers, standard::TIMESTAMP_HEADER),
         header(&headers, standard::SIGNATURE_HEADER),
         &body,
         now(),
-    )
-    .map_err(|e| rejected(source, e))?;
+    ))?;
+    let payload = delivery.parse(&body)?;
+    let kind = delivery.field(&payload, "/type")?;
     // Verification succeeded, so the id header is present.
-    let id = id.unwrap_or_default();
-    let payload = parse(&body)?;
-    let kind = string_at(&payload, "/type")?;
-    store(&state, source, id, kind, body).await
+    delivery.store(id.unwrap_or_default(), kind, body).await
 }

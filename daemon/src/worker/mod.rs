@@ -5,6 +5,7 @@
 mod retry;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ pub use retry::RetryPolicy;
 
 use crate::handlers::forward::{Delivery, Forwarder};
 use crate::handlers::{self, HandlerError, Outcome};
+use crate::metrics::Metrics;
 
 /// How long a worker waits before trying again after the database failed it.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -30,6 +32,36 @@ pub struct WorkerConfig {
     pub batch_size: i64,
     pub lease: Duration,
     pub poll_interval: Duration,
+    pub forward_timeout: Duration,
+}
+
+/// When the workers of this process last came round their loop, for the health check and
+/// the systemd watchdog: a worker wedged on something never comes round again.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    last_ms: Arc<AtomicI64>,
+    stale_after: Duration,
+}
+
+impl Heartbeat {
+    pub fn new(stale_after: Duration) -> Self {
+        let beat = Heartbeat {
+            last_ms: Arc::default(),
+            stale_after,
+        };
+        beat.beat();
+        beat
+    }
+
+    fn beat(&self) {
+        self.last_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    pub fn alive(&self) -> bool {
+        let age = Utc::now().timestamp_millis() - self.last_ms.load(Ordering::Relaxed);
+        u128::try_from(age).unwrap_or(0) <= self.stale_after.as_millis()
+    }
 }
 
 /// One worker; several may run in one process and several processes on one database.
@@ -38,6 +70,8 @@ pub struct Worker {
     pool: PgPool,
     config: Arc<WorkerConfig>,
     forwarder: Arc<Forwarder>,
+    metrics: Arc<Metrics>,
+    heartbeat: Heartbeat,
     /// Events this process leased and has not committed, shared by the worker's clones, so a
     /// shutdown that gives up on its batches can hand them back at once instead of leaving them
     /// until their leases run out.
@@ -51,13 +85,29 @@ struct Failure {
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, config: WorkerConfig, forwarder: Arc<Forwarder>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        config: WorkerConfig,
+        forwarder: Arc<Forwarder>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        // A healthy worker comes round at least once per poll interval, plus one batch whose
+        // forwards may each take the whole timeout.
+        let heartbeat = Heartbeat::new(
+            config.poll_interval * 2 + config.forward_timeout + Duration::from_secs(30),
+        );
         Worker {
             pool,
             config: Arc::new(config),
             forwarder,
+            metrics,
+            heartbeat,
             in_flight: Arc::default(),
         }
+    }
+
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// Claims one batch of due events and processes it. Returns how many were claimed.
@@ -150,6 +200,8 @@ impl Worker {
                 record.duration = clock.elapsed();
                 events::record_attempt(&mut savepoint, &record).await?;
                 savepoint.commit().await?;
+                self.metrics
+                    .processed(event.source(), record.outcome.as_str(), record.duration);
                 tracing::info!(
                     event = event.id, source = %event.source(), event_type = event.event_type,
                     attempt = event.attempt, outcome = state.as_str(), "event processed"
@@ -179,6 +231,8 @@ impl Worker {
                 record.error = Some(&failure.message);
                 record.duration = clock.elapsed();
                 events::record_attempt(tx, &record).await?;
+                self.metrics
+                    .processed(event.source(), record.outcome.as_str(), record.duration);
                 tracing::warn!(
                     event = event.id, source = %event.source(), event_type = event.event_type,
                     attempt = event.attempt, outcome = record.outcome.as_str(),
@@ -206,6 +260,7 @@ impl Worker {
     /// announced), the next scheduled retry, or the poll interval, whichever comes first.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             // Registered before the batch, so a wake-up during it is not lost.
             let woken = wake.notified();
             tokio::pin!(woken);

@@ -1,0 +1,72 @@
+//! The systemd service protocol: readiness, status lines and the watchdog. Every call is a
+//! no-op when hookd does not run under systemd (no `NOTIFY_SOCKET`).
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::Heartbeat;
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+pub fn status(text: &str) {
+    notify(&[NotifyState::Status(text)]);
+}
+
+/// Migrations ran and the listener is bound: systemd may now order dependants after us.
+pub fn ready(address: &str) {
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("listening on {address}")),
+    ]);
+}
+
+pub fn stopping() {
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining: finishing in-flight work"),
+    ]);
+}
+
+/// The interval systemd expects pings at, when it watches us. As in libsystemd's
+/// `sd_watchdog_enabled`, `WATCHDOG_PID` only disables the watchdog when it names another
+/// process (sd-notify's version also requires it to be set).
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID")
+        .map_or(true, |pid| pid.parse() == Ok(std::process::id()));
+    (for_us && usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Pings the watchdog at half its interval, but only while hookd can do its job: the database
+/// answers and the workers are looping. A wedged hookd stops pinging and systemd restarts it.
+pub async fn watchdog(pool: PgPool, heartbeat: Heartbeat, shutdown: CancellationToken) {
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let database = tokio::time::timeout(interval / 2, common::db::ping(&pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if database && heartbeat.alive() {
+            notify(&[NotifyState::Watchdog]);
+        } else {
+            tracing::warn!(
+                database,
+                workers = heartbeat.alive(),
+                "unhealthy: withholding watchdog ping"
+            );
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The admin API, metrics and rate limiting, over real HTTP.
+
+use common::{MIGRATOR, Source};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::harness::*;
+
+const TOKEN: &str = "s3cret-admin-token-for-tests";
+
+async fn admin_hookd(pool: &PgPool, extra: &[(&str, &str)]) -> Hookd {
+    let mut env = vec![("HOOKD_ADMIN_TOKEN", TOKEN)];
+    env.extend_from_slice(extra);
+    Hookd::start(pool, config(&env)).await
+}
+
+async fn call(
+    hookd: &Hookd,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = hookd.client.request(method, hookd.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+const ROUTES: [(&str, &str); 6] = [
+    ("GET", "/api/webhooks/dlq"),
+    ("POST", "/api/webhooks/dlq"),
+    ("DELETE", "/api/webhooks/dlq?older_than=7d"),
+    ("GET", "/api/webhooks/analytics"),
+    ("GET", "/metrics"),
+    ("GET", "/api/webhooks/health"),
+];
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn every_admin_route_needs_the_token(pool: PgPool) {
+    let hookd = admin_hookd(&pool, &[]).await;
+    for (method, path) in ROUTES {
+        let body = (method == "POST").then(|| json!({"retry_all": true}));
+        let (none, reply) = call(&hookd, method, path, None, body.clone()).await;
+        let (wrong, _) = call(&hookd, method, path, Some("not-the-token"), body.clone()).await;
+        let (right, _) = call(&hookd, method, path, Some(TOKEN), body).await;
+        if path.ends_with("health") {
+            // Health answers anyone, but only token holders see details.
+            assert_eq!((none, wrong, right), (200, 200, 200));
+            assert_eq!(reply, json!({"status": "ok"}));
+        } else {
+            assert_eq!((none, wrong, right), (401, 403, 200), "{method} {path}");
+            assert!(!reply.to_string().contains(TOKEN));
+        }
+    }
+    let response = hookd
+        .client
+        .get(hookd.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    // A token that is a prefix of the right one, or carries it with extra bytes, is wrong.
+    for almost in [&TOKEN[..10], &format!("{TOKEN}x")] {
+        assert_eq!(
+            call(&hookd, "GET", "/metrics", Some(almost), None).await.0,
+            403
+        );
+    }
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn without_a_configured_token_the_admin_api_is_off(pool: PgPool) {
+    let hookd = Hookd::start(&pool, config(&[])).await;
+    for (method, path) in ROUTES {
+        let (status, reply) = call(&hookd, method, path, Some(""), None).await;
+        if path.ends_with("health") {
+            assert_eq!(reply, json!({"status": "ok"}), "no details without a token");
+        } else {
+            assert_eq!(status, 404, "{method} {path}");
+        }
+    }
+    hookd.stop().await;
+}
+
+async fn kill(pool: &PgPool, ids: &[i64]) {
+    sqlx::query("UPDATE events SET state = 'dead', attempts = 4, dead_at = now() - interval '1 day', last_error = 'boom' WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
+    let mut ids = vec![];
+    for i in 0..4 {
+        let source = if i < 3 {
+            Source::Custom
+        } else {
+            Source::Stripe
+        };
+        let body = json!({"type": "order.placed", "id": format!("e{i}"), "created": 0}).to_string();
+        ids.push(store(&pool, source, &format!("e{i}"), "order.placed", &body).await);
+    }
+    kill(&pool, &ids).await;
+    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN)]);
+    config.workers = 0;
+    let hookd = Hookd::start(&pool, config).await;
+    let get = |path: &'static str| call(&hookd, "GET", path, Some(TOKEN), None);
+
+    let (status, page) = get("/api/webhooks/dlq?source=custom&limit=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    let next = page["next_before_id"].as_i64().unwrap();
+    let (_, rest) = call(
+        &hookd,
+        "GET",
+        &format!("/api/webhooks/dlq?source=custom&limit=2&before_id={next}"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next_before_id"], Value::Null);
+    // Hostile filters are values, never SQL; absurd limits are refused.
+    let (status, none) =
+        get("/api/webhooks/dlq?event_type=x%27%3B%20DROP%20TABLE%20events%3B--").await;
+    assert_eq!((status, none["events"].as_array().unwrap().len()), (200, 0));
+    assert_eq!(get("/api/webhooks/dlq?limit=100000000").await.0, 400);
+    assert_eq!(get("/api/webhooks/dlq?limit=-1").await.0, 400);
+    assert_eq!(get("/api/webhooks/dlq?source=paypal").await.0, 400);
+    assert_eq!(get("/api/webhooks/dlq?before_id=abc").await.0, 400);
+
+    let retry = |body: Value| call(&hookd, "POST", "/api/webhooks/dlq", Some(TOKEN), Some(body));
+    assert_eq!(
+        retry(json!({"webhook_id": ids[0]})).await,
+        (200, json!({"retried": 1, "webhook_id": ids[0]}))
+    );
+    assert_eq!(
+        retry(json!({"webhook_id": ids[0]})).await.0,
+        409,
+        "no longer dead"
+    );
+    assert_eq!(retry(json!({"webhook_id": 987654})).await.0, 404);
+    assert_eq!(retry(json!({"retry_all": false})).await.0, 400);
+    assert_eq!(
+        retry(json!({"webhook_id": 1, "retry_all": true})).await.0,
+        400
+    );
+    assert_eq!(retry(json!({"drop": "table"})).await.0, 400);
+    assert_eq!(
+        retry(json!({"retry_all": true})).await,
+        (200, json!({"retried": 3}))
+    );
+
+    kill(&pool, &ids[1..]).await;
+    sqlx::query("UPDATE events SET dead_at = now() - interval '8 days' WHERE id = $1")
+        .bind(ids[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let purge = |path: &'static str| call(&hookd, "DELETE", path, Some(TOKEN), None);
+    assert_eq!(purge("/api/webhooks/dlq").await.0, 400);
+    assert_eq!(purge("/api/webhooks/dlq?older_than=soon").await.0, 400);
+    assert_eq!(
+        purge("/api/webhooks/dlq?older_than=7d").await,
+        (200, json!({"purged": 1, "older_than": "7d"}))
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 3);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn analytics_and_health_report_what_the_database_holds(pool: PgPool) {
+    // In the last hour: 3 invoice.paid succeeded, 1 died after 3 failed tries; 1 type skipped.
+    sqlx::query(
+        "INSERT INTO stats_minute (bucket, source, event_type, received, succeeded, skipped, failed, dead) VALUES
+            (date_trunc('minute', now()), 'stripe', 'invoice.paid', 4, 3, 0, 3, 1),
+            (date_trunc('minute', now()) - interval '10 minutes', 'stripe', 'charge.refunded', 2, 0, 2, 0, 0),
+            (date_trunc('minute', now()) - interval '5 hours', 'telnyx', 'call.hangup', 10, 5, 0, 0, 5),
+            (date_trunc('minute', now()) - interval '3 days', 'telnyx', 'call.hangup', 99, 99, 0, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN)]);
+    config.workers = 0;
+    let hookd = Hookd::start(&pool, config).await;
+    let (status, body) = call(&hookd, "GET", "/api/webhooks/analytics", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["last_hour"]["totals"],
+        json!({"received": 6, "succeeded": 3, "skipped": 2, "failed": 3, "dead": 1})
+    );
+    assert_eq!(body["last_hour"]["event_success_rate"], 0.75);
+    assert_eq!(body["last_hour"]["attempt_success_rate"], 3.0 / 7.0);
+    assert_eq!(body["last_24h"]["totals"]["received"], 16);
+    assert_eq!(body["last_24h"]["event_success_rate"], 8.0 / 14.0);
+    let types = body["by_type_24h"].as_array().unwrap();
+    let hangup = types
+        .iter()
+        .find(|t| t["event_type"] == "call.hangup")
+        .unwrap();
+    assert_eq!(
+        (
+            hangup["received"].as_i64(),
+            hangup["event_success_rate"].as_f64()
+        ),
+        (Some(10), Some(0.5))
+    );
+    let refunded = types
+        .iter()
+        .find(|t| t["event_type"] == "charge.refunded")
+        .unwrap();
+    assert_eq!(
+        refunded["event_success_rate"],
+        Value::Null,
+        "nothing reached a verdict"
+    );
+
+    // No workers in this process: unhealthy, and the details say why.
+    backlog(&pool, 3).await;
+    let (status, health) = call(&hookd, "GET", "/api/webhooks/health", Some(TOKEN), None).await;
+    assert_eq!(status, 503);
+    assert_eq!(health["database"], true);
+    assert_eq!(health["workers_alive"], false);
+    assert_eq!(health["queue_depth"], 3);
+    assert!(health["oldest_pending_secs"].as_f64().unwrap() >= 0.0);
+    hookd.stop().await;
+
+    let hookd = admin_hookd(&pool, &[]).await;
+    let (status, health) = call(&hookd, "GET", "/api/webhooks/health", Some(TOKEN), None).await;
+    assert_eq!((status, &health["workers_alive"]), (200, &json!(true)));
+    hookd.stop().await;
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn metrics_move_with_real_deliveries(pool: PgPool) {
+    let hookd = admin_hookd(&pool, &[]).await;
+    let body = custom_event("order.placed");
+    hookd.custom("m1", &body).await;
+    hookd.custom("m1", &body).await;
+    hookd.custom("m2", &body).await;
+    let stale = custom_headers("m3", &body, now() - 3600);
+    hookd.post(CUSTOM_PATH, &stale, body.clone()).await;
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        2,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let (_, text) = call(&hookd, "GET", "/metrics", Some(TOKEN), None).await;
+    let text = text.as_str().unwrap().to_owned();
+    assert_eq!(
+        metric(
+            &text,
+            "hookd_webhooks_received_total{source=\"custom\",event_type=\"order.placed\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "hookd_webhooks_duplicate_total{source=\"custom\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "hookd_webhooks_rejected_total{source=\"custom\",reason=\"timestamp\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "hookd_events_processed_total{source=\"custom\",outcome=\"succeeded\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "hookd_ingest_duration_seconds_count{source=\"custom\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "hookd_attempt_duration_seconds_count{source=\"custom\"}"
+        ),
+        2.0
+    );
+    assert_eq!(metric(&text, "hookd_queue_depth"), 0.0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_burst_over_the_limit_gets_429_while_other_clients_pass(pool: PgPool) {
+    let hookd = admin_hookd(
+        &pool,
+        &[("HOOKD_RATE_LIMIT", "1"), ("HOOKD_RATE_BURST", "5")],
+    )
+    .await;
+    let body = custom_event("x.y");
+    let mut statuses = vec![];
+    for i in 0..8 {
+        let (status, _) = hookd.custom(&format!("burst-{i}"), &body).await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let response = hookd
+        .client
+        .post(hookd.url(CUSTOM_PATH))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    // Another client address (127.0.0.2 is loopback too) is not affected.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut request = other.post(hookd.url(CUSTOM_PATH)).body(body.clone());
+    for (name, value) in custom_headers("other-1", &body, now()) {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status().as_u16(), 200);
+    // The admin API is not rate limited.
+    assert_eq!(
+        call(&hookd, "GET", "/api/webhooks/analytics", Some(TOKEN), None)
+            .await
+            .0,
+        200
+    );
+    let (_, text) = call(&hookd, "GET", "/metrics", Some(TOKEN), None).await;
+    assert_eq!(
+        metric(
+            text.as_str().unwrap(),
+            "hookd_webhooks_rejected_total{source=\"custom\",reason=\"rate_limited\"}"
+        ),
+        4.0
+    );
+    hookd.stop().await;
+}
