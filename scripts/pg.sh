@@ -67,7 +67,7 @@ _pg_candidate_dirs() { # PATH's directory first, then /usr/lib/postgresql/*/bin,
         printf '%s\n' "$(dirname -- "$p")"
     fi
     # shellcheck disable=SC2012 # names are /usr/lib/postgresql/<number>/bin
-    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4,4 -V -r
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5,5 -V -r
 }
 
 # pg_find_bin [MAJOR]: set PG_BIN/PG_MAJOR; with MAJOR, only accept that major version.

@@ -65,6 +65,14 @@ unset HOOKD_TEST_PG_BIN HOOKD_TEST_PGDATA HOOKD_TEST_PG_PORT HOOKD_TEST_PG_LOG H
 heading "Toolchain and PostgreSQL"
 cargo --version
 rustc --version
+if [[ ${HOOKD_TEST_SKIP_LINT:-} != 1 ]]; then
+    for c in fmt clippy; do
+        cargo "$c" --version >/dev/null 2>&1 || {
+            echo "cargo $c is not installed; run: rustup component add rustfmt clippy" >&2
+            exit 1
+        }
+    done
+fi
 if [[ -n $own_db ]]; then
     pg_ensure_bin # installs Debian's postgresql if needed — early, before the long build
     "$PG_BIN/postgres" --version

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod send;
 pub mod systemd;
@@ -57,6 +58,47 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying database migrations")
 }
 
+/// Longest pause between attempts to reach the database at start-up.
+const MAX_START_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Applies the schema, waiting for the database while it cannot be reached: after a reboot
+/// or an outage hookd comes up when PostgreSQL does, instead of failing its start. Returns
+/// false if `shutdown` came first.
+async fn migrate_when_reachable(
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match common::MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(true),
+            Err(sqlx::migrate::MigrateError::Execute(e)) if unreachable(&e) => {
+                tracing::warn!(error = %e, "database unreachable; waiting for it");
+                systemd::status(&format!("waiting for the database: {e}"));
+            }
+            Err(e) => return Err(e).context("applying database migrations"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => pause = (pause * 2).min(MAX_START_BACKOFF),
+            () = shutdown.cancelled() => return Ok(false),
+        }
+    }
+}
+
+/// The database could not be reached at all (as opposed to refusing what we sent).
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+    ) || e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| {
+            // cannot_connect_now (starting up or shutting down), too_many_connections.
+            code == "57P03" || code == "53300"
+        })
+}
+
 pub fn worker(pool: PgPool, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
     let forwarder = Forwarder::new(
         config.forward_urls.clone(),
@@ -102,7 +144,9 @@ pub async fn run_with_pool(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     systemd::status("applying migrations");
-    migrate(&pool).await?;
+    if !migrate_when_reachable(&pool, &shutdown).await? {
+        return Ok(());
+    }
     let metrics = Arc::new(Metrics::default());
     let worker = worker(pool.clone(), &config, metrics.clone())?;
     let heartbeat = (config.workers > 0).then(|| worker.heartbeat());

@@ -11,7 +11,13 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hookd: {e:#}");
-            std::process::ExitCode::FAILURE
+            // EX_CONFIG: the unit's RestartPreventExitStatus keeps systemd from restarting a
+            // hookd that can only fail the same way again.
+            if e.downcast_ref::<config::ConfigError>().is_some() {
+                std::process::ExitCode::from(78)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -39,34 +39,41 @@ pub fn stopping() {
 /// process (sd-notify's version also requires it to be set).
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    let for_us = std::env::var("WATCHDOG_PID")
-        .map_or(true, |pid| pid.parse() == Ok(std::process::id()));
+    let for_us =
+        std::env::var("WATCHDOG_PID").map_or(true, |pid| pid.parse() == Ok(std::process::id()));
     (for_us && usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Pings the watchdog at half its interval, but only while hookd can do its job: the database
-/// answers and the workers are looping. A wedged hookd stops pinging and systemd restarts it.
+/// Pings the watchdog at half its interval while the workers come round their loop: a wedged
+/// hookd stops pinging and systemd restarts it. A database outage does not stop the pings,
+/// since a restart cannot cure it and hookd already answers 503 meanwhile; it shows in the
+/// status line instead.
 pub async fn watchdog(pool: PgPool, heartbeat: Heartbeat, shutdown: CancellationToken) {
     let Some(interval) = watchdog_interval() else {
         return;
     };
     let mut ticks = tokio::time::interval(interval / 2);
+    let mut database_was_up = true;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let database = tokio::time::timeout(interval / 2, common::db::ping(&pool))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if database && heartbeat.alive() {
+        if heartbeat.alive() {
             notify(&[NotifyState::Watchdog]);
         } else {
-            tracing::warn!(
-                database,
-                workers = heartbeat.alive(),
-                "unhealthy: withholding watchdog ping"
-            );
+            tracing::error!("workers stopped coming round their loop; withholding watchdog ping");
+        }
+        let database_up = tokio::time::timeout(interval / 2, common::db::ping(&pool))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if database_up != database_was_up {
+            status(if database_up {
+                "running"
+            } else {
+                "database unreachable: answering 503"
+            });
+            database_was_up = database_up;
         }
     }
 }

@@ -403,6 +403,27 @@ async fn unconfigured_sources_are_not_found(pool: PgPool) {
     hookd.stop().await;
 }
 
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn one_unstorable_payload_in_a_batch_fails_alone(pool: PgPool) {
+    let hookd = Hookd::ingest_only(&pool).await;
+    let replies = futures::future::join_all((0..40).map(|i| {
+        let body = if i == 17 {
+            r#"{"type": "x.y", "note": "nul \u0000 byte"}"#.to_owned()
+        } else {
+            custom_event("x.y")
+        };
+        let headers = custom_headers(&format!("m{i}"), &body, now());
+        let hookd = &hookd;
+        async move { hookd.post(CUSTOM_PATH, &headers, body).await.0 }
+    }))
+    .await;
+    let refused: Vec<usize> = (0..40).filter(|&i| replies[i] != 200).collect();
+    assert_eq!(refused, [17]);
+    assert_eq!(replies[17], 400);
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 39);
+    hookd.stop().await;
+}
+
 /// With the database unreachable, a valid webhook must get 503, never a 2xx.
 #[tokio::test]
 async fn an_unreachable_database_answers_503() {
@@ -417,18 +438,24 @@ async fn an_unreachable_database_answers_503() {
     let addr = listener.local_addr().unwrap();
     let app = hookd::app(state);
     tokio::spawn(hookd::http::serve(listener, app, Default::default()));
-    let body = stripe_event("evt_down", "x.y", now(), json!({}));
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}{STRIPE_PATH}"))
-        .header(
-            "Stripe-Signature",
-            stripe_headers(&body, now())[0].1.clone(),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 503);
-    let reply: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(reply, json!({"error": "database unavailable, retry later"}));
+    // Concurrent deliveries share failed batches: every one of them must fail.
+    let client = reqwest::Client::new();
+    let replies = futures::future::join_all((0..20).map(|i| {
+        let body = stripe_event(&format!("evt_down_{i}"), "x.y", now(), json!({}));
+        client
+            .post(format!("http://{addr}{STRIPE_PATH}"))
+            .header(
+                "Stripe-Signature",
+                stripe_headers(&body, now())[0].1.clone(),
+            )
+            .body(body)
+            .send()
+    }))
+    .await;
+    for response in replies {
+        let response = response.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        let reply: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(reply, json!({"error": "database unavailable, retry later"}));
+    }
 }

@@ -277,7 +277,11 @@ async fn bad_configuration_stops_start_up_with_one_line_naming_it() {
             .envs(env)
             .output()
             .unwrap();
-        assert!(!output.status.success());
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "EX_CONFIG, so systemd does not restart"
+        );
         let err = String::from_utf8(output.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.starts_with(expected), "{err}");

@@ -42,6 +42,51 @@ pub async fn insert<'e>(db: impl PgExecutor<'e>, event: &NewEvent) -> sqlx::Resu
     Ok(id.map_or(Inserted::Duplicate, Inserted::New))
 }
 
+/// Stores many events in one statement and one commit, for ingest's micro-batches. The
+/// answer for each event is in input order; when an id appears twice in `events`, the first
+/// occurrence is the new event and the second a duplicate, as if they had come one by one.
+pub async fn insert_many(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Vec<Inserted>> {
+    let mut sources = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    for event in events {
+        sources.push(event.source.as_str());
+        ids.push(event.event_id.as_str());
+        types.push(event.event_type.as_str());
+        bodies
+            .push(std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
+    }
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "INSERT INTO events (source, event_id, event_type, body, payload)
+         SELECT source, event_id, event_type, convert_to(body, 'UTF8'), body::jsonb
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+              AS batch(source, event_id, event_type, body)
+         -- Concurrent batches take the unique index's locks in one order: no deadlocks.
+         ORDER BY source, event_id
+         ON CONFLICT (source, event_id) DO NOTHING
+         RETURNING id, source, event_id",
+    )
+    .bind(&sources)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&bodies)
+    .fetch_all(pool)
+    .await?;
+    let mut created: std::collections::HashMap<(&str, &str), i64> = rows
+        .iter()
+        .map(|(id, source, event_id)| ((source.as_str(), event_id.as_str()), *id))
+        .collect();
+    Ok(events
+        .iter()
+        .map(|e| {
+            created
+                .remove(&(e.source.as_str(), e.event_id.as_str()))
+                .map_or(Inserted::Duplicate, Inserted::New)
+        })
+        .collect())
+}
+
 /// True when PostgreSQL refused the payload itself (for example a `\u0000` escape, which jsonb
 /// cannot store): the sender's fault, not an outage.
 pub fn is_payload_rejected(err: &sqlx::Error) -> bool {

@@ -25,6 +25,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::verify::{standard, telnyx};
 use crate::worker::Heartbeat;
@@ -40,6 +41,7 @@ pub struct AppState {
 
 struct Inner {
     pool: PgPool,
+    ingest: Ingest,
     stripe_secret: Option<SecretString>,
     telnyx_public_key: Option<telnyx::PublicKey>,
     custom_secret: Option<standard::Secret>,
@@ -60,6 +62,7 @@ impl AppState {
     ) -> Self {
         AppState {
             inner: Arc::new(Inner {
+                ingest: Ingest::start(pool.clone()),
                 pool,
                 stripe_secret: config.stripe_secret.clone(),
                 telnyx_public_key: config.telnyx_public_key.clone(),

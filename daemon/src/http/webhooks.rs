@@ -114,7 +114,7 @@ impl<'a> Delivery<'a> {
             event_type: EventType::parse(event_type).map_err(|e| self.bad_body(e.to_string()))?,
             body: body.into(),
         };
-        let inserted = match events::insert(self.state.pool(), &event).await {
+        let inserted = match self.state.inner.ingest.insert(event).await {
             Ok(inserted) => inserted,
             Err(e) if events::is_payload_rejected(&e) => {
                 let detail = e

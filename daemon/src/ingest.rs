@@ -1,0 +1,97 @@
+//! The write path of ingest: concurrent requests are gathered into micro-batches that are
+//! stored with one statement and one commit. Under load that turns many small fsyncs into a
+//! few large ones; alone, a request is written at once. Each request is still answered only
+//! after the commit that holds its own row.
+
+use std::sync::Arc;
+
+use common::db::events::{self, Inserted, NewEvent};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Most events in one statement: bounds the statement size and the damage of a failed batch.
+const MAX_BATCH: usize = 256;
+/// Batches being written at once. While they are in flight, new requests queue up and form
+/// the next, larger batch.
+const WRITERS: usize = 4;
+/// Requests waiting for a writer before new ones are pushed back.
+const QUEUE: usize = 8 * MAX_BATCH;
+
+struct Job {
+    event: NewEvent,
+    reply: oneshot::Sender<sqlx::Result<Inserted>>,
+}
+
+/// A handle to submit events; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Ingest {
+    /// Starts the batcher. It stops when every handle is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(gather(pool, queue));
+        Ingest { jobs }
+    }
+
+    /// Stores the event; returns once it is committed (or known to be a duplicate).
+    pub async fn insert(&self, event: NewEvent) -> sqlx::Result<Inserted> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+}
+
+async fn gather(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // Wait for a writer first: whatever arrives meanwhile joins this batch.
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write(&pool, jobs).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write(pool: &PgPool, jobs: Vec<Job>) {
+    let (events, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.event, j.reply)).unzip();
+    match events::insert_many(pool, &events).await {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        // One payload PostgreSQL refuses fails the whole statement: store the others one by
+        // one, so only the bad one is refused.
+        Err(e) if events::is_payload_rejected(&e) && events.len() > 1 => {
+            for (reply, event) in replies.into_iter().zip(&events) {
+                let _ = reply.send(events::insert(pool, event).await);
+            }
+        }
+        // Nothing was committed: every request in the batch fails and its sender retries.
+        Err(e) => {
+            let message = e.to_string();
+            let mut replies = replies.into_iter();
+            if let Some(first) = replies.next() {
+                let _ = first.send(Err(e));
+            }
+            for reply in replies {
+                let _ = reply.send(Err(sqlx::Error::Protocol(message.clone())));
+            }
+        }
+    }
+}
