@@ -27,7 +27,6 @@ CREATE INDEX events_due_idx ON events (next_attempt_at)
     WHERE state IN ('pending', 'retrying', 'processing');
 -- The dead-letter queue, newest first, and purges by age.
 CREATE INDEX events_dead_idx ON events (dead_at DESC) WHERE state = 'dead';
-CREATE INDEX events_received_at_idx ON events (received_at);
 
 CREATE TABLE event_attempts (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

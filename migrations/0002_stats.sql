@@ -30,5 +30,5 @@ CREATE TRIGGER events_count_received AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION hookd_count_received();
 
--- Attempts per outcome and time, for success rates over a window.
+-- What is retrying or dead now, per type, without touching the rest of history.
 CREATE INDEX events_state_type_idx ON events (source, event_type) WHERE state IN ('retrying', 'dead');

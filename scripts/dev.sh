@@ -9,13 +9,13 @@
 #    for production — and database `hookd`. Installs Debian's postgresql if needed.
 #    The cluster keeps running after hookd exits (see the printed stop command).
 #    If DATABASE_URL is set, that database is used and no cluster is touched.
-# 2. Builds hookd (release; HOOKD_DEV_PROFILE=debug for a faster debug build).
+# 2. Builds hookd (debug, the quick build; HOOKD_DEV_PROFILE=release for an optimised one).
 # 3. Generates development secrets ONCE into .hookd-dev/secrets.env
 #    (`hookd dev-secrets`) and sources them. Delete the file to get new ones.
 # 4. Runs `hookd migrate`, then `exec hookd serve`.
 #
 # Environment: DATABASE_URL, HOOKD_DEV_PG_PORT (default 54329), HOOKD_DEV_PROFILE
-# (release|debug, default release), HOOKD_PG_BIN (PostgreSQL server bin dir).
+# (debug|release, default debug), HOOKD_PG_BIN (PostgreSQL server bin dir).
 set -euo pipefail
 
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -45,7 +45,7 @@ else
     heading "Using DATABASE_URL from the environment (no local cluster)"
 fi
 
-profile=${HOOKD_DEV_PROFILE:-release}
+profile=${HOOKD_DEV_PROFILE:-debug}
 case $profile in
 release) build=(cargo build --release -p hookd) ;;
 debug) build=(cargo build -p hookd) ;;
@@ -104,6 +104,13 @@ printf '    cd %q && source .hookd-dev/secrets.env && %q send stripe customer.su
 
 heading "$hookd_show migrate"
 "$hookd" migrate
+if [[ -n $local_db ]]; then
+    # A business for the samples `hookd send` posts (its Stripe customer and phone number),
+    # so the demo events are applied instead of waiting for a business to be linked.
+    psql=$(command -v "$PG_BIN/psql" || command -v psql) || die "psql not found"
+    "$psql" -q "$DATABASE_URL" -c "INSERT INTO businesses (name, stripe_customer_id, phone_number)
+        VALUES ('Demo Plumbing', 'cus_hookd_demo', '+15550100000') ON CONFLICT DO NOTHING"
+fi
 
 heading "$hookd_show serve $*"
 exec "$hookd" serve "$@"

@@ -85,6 +85,26 @@ async fn migrate_when_reachable(
     }
 }
 
+/// Per-minute counters older than this are deleted.
+const KEEP_COUNTERS: chrono::Duration = chrono::Duration::days(35);
+
+/// Keeps the dashboard counters from growing without bound. Any number of hookd processes may
+/// run this; deleting what is already gone is harmless.
+async fn prune_counters(pool: PgPool, shutdown: CancellationToken) {
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = hourly.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match common::db::stats::prune(&pool, KEEP_COUNTERS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned old dashboard counters"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune dashboard counters"),
+        }
+    }
+}
+
 /// The database could not be reached at all (as opposed to refusing what we sent).
 fn unreachable(e: &sqlx::Error) -> bool {
     matches!(
@@ -157,6 +177,7 @@ pub async fn run_with_pool(
     for _ in 0..config.workers {
         tasks.spawn(worker.clone().run(wake.clone(), shutdown.clone()));
     }
+    tokio::spawn(prune_counters(pool.clone(), shutdown.clone()));
     if let Some(heartbeat) = heartbeat.clone() {
         tokio::spawn(systemd::watchdog(pool.clone(), heartbeat, shutdown.clone()));
     }

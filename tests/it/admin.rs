@@ -373,3 +373,21 @@ async fn a_burst_over_the_limit_gets_429_while_other_clients_pass(pool: PgPool) 
     );
     hookd.stop().await;
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn old_dashboard_counters_are_pruned(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO stats_minute (bucket, source, event_type, received) VALUES
+            (date_trunc('minute', now()), 'stripe', 'a', 1),
+            (date_trunc('minute', now()) - interval '34 days', 'stripe', 'a', 1),
+            (date_trunc('minute', now()) - interval '36 days', 'stripe', 'a', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let pruned = common::db::stats::prune(&pool, chrono::Duration::days(35))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM stats_minute").await, 2);
+}

@@ -196,3 +196,13 @@ pub async fn by_type(pool: &PgPool, window: chrono::Duration) -> sqlx::Result<Ve
     .fetch_all(pool)
     .await
 }
+
+/// Drops counters older than `keep`; dashboards look back a day, analytics a little further.
+pub async fn prune(pool: &PgPool, keep: chrono::Duration) -> sqlx::Result<u64> {
+    let done =
+        sqlx::query("DELETE FROM stats_minute WHERE bucket < now() - make_interval(secs => $1)")
+            .bind(keep.as_seconds_f64())
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
