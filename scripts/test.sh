@@ -73,6 +73,19 @@ if [[ ${HOOKD_TEST_SKIP_LINT:-} != 1 ]]; then
         }
     done
 fi
+# The end-to-end tests drive real tools: tmux (hooktop in a real terminal), a D-Bus session
+# bus (desktop notifications) and systemd-analyze (the unit files). Install what is missing.
+missing=()
+for tool in tmux:tmux dbus-daemon:dbus systemd-analyze:systemd; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+    sudo=()
+    [[ $EUID -eq 0 ]] || sudo=(sudo)
+    echo "Installing test tools: ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 if [[ -n $own_db ]]; then
     pg_ensure_bin # installs Debian's postgresql if needed — early, before the long build
     "$PG_BIN/postgres" --version

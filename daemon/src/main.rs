@@ -59,10 +59,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // sqlx reports PostgreSQL's NOTICEs ("relation already exists, skipping") at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().flatten_event(true).init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd: journald stamps each line itself and shows no colours.
+        builder.with_ansi(false).without_time().init();
     } else {
         builder.init();
     }
