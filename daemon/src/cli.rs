@@ -71,10 +71,18 @@ pub enum DlqCommand {
     },
 }
 
+/// The oldest age accepted: older than anything hookd has stored, and well inside what
+/// PostgreSQL can subtract from `now()`.
+const MAX_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Ages such as `7d`, `36h`, `90m`, as the admin API and the CLI accept them.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("expected an age such as 7d or 12h: {e}"))
+    let age = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected an age such as 7d or 12h: {e}"))?;
+    if age > MAX_AGE {
+        return Err("expected an age such as 7d or 12h, of at most 100 years".into());
+    }
+    Ok(age)
 }
 
 fn chrono_age(age: Duration) -> anyhow::Result<chrono::Duration> {
@@ -160,6 +168,7 @@ mod tests {
         assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
         assert!(parse_age("seven days").is_err());
         assert!(parse_age("").is_err());
+        assert!(parse_age("300000y").is_err());
     }
 
     #[test]

@@ -571,22 +571,47 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
         (a[0].id, a[0].attempt, b[0].id, b[0].attempt),
         (id, 1, id, 2)
     );
-    let mut conn = pool.acquire().await.unwrap();
+    let record = |attempt, outcome| events::AttemptRecord {
+        event_id: id,
+        attempt,
+        started_at: chrono::Utc::now(),
+        duration: Duration::ZERO,
+        outcome,
+        error: None,
+        retry_at: None,
+        http_status: None,
+        response_body: None,
+    };
+    let mut tx = pool.begin().await.unwrap();
     assert!(
-        !events::mark_finished(&mut conn, &a[0], common::State::Succeeded)
+        events::lock_leased(&mut tx, &a).await.unwrap().is_empty(),
+        "A lost its lease"
+    );
+    // Even a completion that skips the lock check cannot land under A's attempt.
+    events::complete(&mut tx, &[record(1, events::AttemptOutcome::Dead)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(state_of(&pool, id).await.0, "processing");
+
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(events::lock_leased(&mut tx, &b).await.unwrap(), [id]);
+    // While B holds the lock, no other worker can claim the event, even with its lease gone.
+    sqlx::query("UPDATE events SET next_attempt_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert!(
+        events::claim_due(&pool, 10, Duration::from_secs(60))
             .await
             .unwrap()
+            .is_empty()
     );
-    assert!(
-        !events::mark_failed(&mut conn, &a[0], "late", None)
-            .await
-            .unwrap()
-    );
-    assert!(
-        events::mark_finished(&mut conn, &b[0], common::State::Succeeded)
-            .await
-            .unwrap()
-    );
+    events::complete(&mut tx, &[record(2, events::AttemptOutcome::Succeeded)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2, None));
 }
 

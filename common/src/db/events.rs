@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 
-use crate::{EventType, PROGRESS_CHANNEL, ProviderEventId, Source, State};
+use crate::{EventType, PROGRESS_CHANNEL, ProviderEventId, Source};
 
 /// An accepted, verified webhook about to be stored.
 #[derive(Debug, Clone)]
@@ -174,54 +174,32 @@ pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     .await
 }
 
-/// Marks a claimed event finished (`Succeeded` or `Skipped`). Returns false when the lease was
-/// lost, in which case the caller must roll back whatever it did for the event.
-pub async fn mark_finished(
+/// Locks a claimed batch's events for the caller's transaction and returns the ids still
+/// leased under the attempt the worker holds. The locks keep every other worker away until the
+/// batch commits (claims skip locked rows); an event missing from the answer was taken over
+/// after its lease ran out, and the caller must leave it alone.
+pub async fn lock_leased(
     conn: &mut PgConnection,
-    event: &ClaimedEvent,
-    state: State,
-) -> sqlx::Result<bool> {
-    debug_assert!(matches!(state, State::Succeeded | State::Skipped));
-    let done = sqlx::query(
-        "UPDATE events
-         SET state = $3, processed_at = now(), locked_until = NULL, last_error = NULL
-         WHERE id = $1 AND attempts = $2 AND state = 'processing'",
+    events: &[ClaimedEvent],
+) -> sqlx::Result<Vec<i64>> {
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let attempts: Vec<i32> = events.iter().map(|e| e.attempt).collect();
+    sqlx::query_scalar(
+        "SELECT e.id FROM events e
+         JOIN unnest($1::bigint[], $2::int[]) AS l(id, attempt)
+           ON e.id = l.id AND e.attempts = l.attempt
+         WHERE e.state = 'processing'
+         ORDER BY e.id
+         FOR UPDATE OF e",
     )
-    .bind(event.id)
-    .bind(event.attempt)
-    .bind(state.as_str())
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .bind(&ids)
+    .bind(&attempts)
+    .fetch_all(conn)
+    .await
 }
 
-/// Records a failed attempt's consequence: another try at `retry_at`, or the dead-letter queue
-/// when `retry_at` is `None`. Returns false when the lease was lost.
-pub async fn mark_failed(
-    conn: &mut PgConnection,
-    event: &ClaimedEvent,
-    error: &str,
-    retry_at: Option<DateTime<Utc>>,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE events
-         SET state = CASE WHEN $4::timestamptz IS NULL THEN 'dead' ELSE 'retrying' END,
-             next_attempt_at = COALESCE($4, next_attempt_at),
-             dead_at = CASE WHEN $4::timestamptz IS NULL THEN now() END,
-             locked_until = NULL,
-             last_error = $3
-         WHERE id = $1 AND attempts = $2 AND state = 'processing'",
-    )
-    .bind(event.id)
-    .bind(event.attempt)
-    .bind(error)
-    .bind(retry_at)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// What one processing attempt did, for the history hooktop and the admin API show.
+/// What one processing attempt did: its consequence for the event and its line in the
+/// history hooktop and the admin API show.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord<'a> {
     pub event_id: i64,
@@ -229,7 +207,9 @@ pub struct AttemptRecord<'a> {
     pub started_at: DateTime<Utc>,
     pub duration: std::time::Duration,
     pub outcome: AttemptOutcome,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
+    /// When a `Failed` event is tried next.
+    pub retry_at: Option<DateTime<Utc>>,
     pub http_status: Option<u16>,
     pub response_body: Option<&'a str>,
 }
@@ -237,7 +217,9 @@ pub struct AttemptRecord<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
     Succeeded,
+    /// Failed; another attempt is scheduled.
     Failed,
+    /// Failed for the last time: the event is in the dead-letter queue.
     Dead,
     Skipped,
 }
@@ -253,23 +235,62 @@ impl AttemptOutcome {
     }
 }
 
-pub async fn record_attempt(
-    conn: &mut PgConnection,
-    record: &AttemptRecord<'_>,
-) -> sqlx::Result<()> {
+/// Applies a batch of attempts to their events and appends them to the history: two
+/// statements for the whole batch. Only events still leased under the recorded attempt change,
+/// so callers lock them first with [`lock_leased`].
+pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = records.iter().map(|r| r.event_id).collect();
+    let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+    let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+    let retry_at: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.retry_at).collect();
+    sqlx::query(
+        "UPDATE events e
+         SET state = CASE r.outcome WHEN 'failed' THEN 'retrying' ELSE r.outcome END,
+             processed_at = CASE WHEN r.outcome IN ('succeeded', 'skipped') THEN now()
+                                 ELSE e.processed_at END,
+             dead_at = CASE WHEN r.outcome = 'dead' THEN now() END,
+             next_attempt_at = COALESCE(r.retry_at, e.next_attempt_at),
+             locked_until = NULL,
+             last_error = r.error
+         FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])
+              AS r(id, attempt, outcome, error, retry_at)
+         WHERE e.id = r.id AND e.attempts = r.attempt AND e.state = 'processing'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&outcomes)
+    .bind(&errors)
+    .bind(&retry_at)
+    .execute(&mut *conn)
+    .await?;
+    let started: Vec<DateTime<Utc>> = records.iter().map(|r| r.started_at).collect();
+    let durations: Vec<i32> = records
+        .iter()
+        .map(|r| i32::try_from(r.duration.as_millis()).unwrap_or(i32::MAX))
+        .collect();
+    let statuses: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| r.http_status.map(i32::from))
+        .collect();
+    let bodies: Vec<Option<&str>> = records.iter().map(|r| r.response_body).collect();
     sqlx::query(
         "INSERT INTO event_attempts
              (event_id, attempt, started_at, duration_ms, outcome, error, http_status, response_body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::text[],
+                              $6::text[], $7::int[], $8::text[])",
     )
-    .bind(record.event_id)
-    .bind(record.attempt)
-    .bind(record.started_at)
-    .bind(i32::try_from(record.duration.as_millis()).unwrap_or(i32::MAX))
-    .bind(record.outcome.as_str())
-    .bind(record.error)
-    .bind(record.http_status.map(i32::from))
-    .bind(record.response_body)
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&started)
+    .bind(&durations)
+    .bind(&outcomes)
+    .bind(&errors)
+    .bind(&statuses)
+    .bind(&bodies)
     .execute(conn)
     .await?;
     Ok(())

@@ -76,6 +76,17 @@ pub async fn list_dead(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // PostgreSQL text cannot hold NUL; such a filter can match nothing anyway.
+    for text in [&query.source, &query.event_type, &query.q]
+        .into_iter()
+        .flatten()
+    {
+        if text.contains('\0') {
+            return Err(ApiError::BadRequest(
+                "filters must not contain NUL characters".into(),
+            ));
+        }
+    }
     let source = query
         .source
         .as_deref()

@@ -141,27 +141,39 @@ impl Worker {
         deliveries: &[Option<Delivery>],
     ) -> sqlx::Result<()> {
         let mut tx = self.pool.begin().await?;
+        let held = events::lock_leased(&mut tx, claimed).await?;
+        let mut records = Vec::with_capacity(claimed.len());
         let mut counted = Vec::with_capacity(claimed.len());
         for (event, delivery) in claimed.iter().zip(deliveries) {
-            if let Some(outcome) = self.complete_one(&mut tx, event, delivery.as_ref()).await? {
-                counted.push(stats::Counted {
-                    source: event.source(),
-                    event_type: &event.event_type,
-                    outcome,
-                });
+            if held.binary_search(&event.id).is_err() {
+                tracing::warn!(
+                    event = event.id,
+                    "lease lost before completion; left to its new worker"
+                );
+                continue;
             }
+            let record = self.attempt(&mut tx, event, delivery.as_ref()).await?;
+            counted.push(stats::Counted {
+                source: event.source(),
+                event_type: &event.event_type,
+                outcome: record.outcome,
+            });
+            records.push(record);
         }
+        events::complete(&mut tx, &records).await?;
         stats::count_outcomes(&mut tx, &counted).await?;
         events::notify_progress(&mut tx).await?;
         tx.commit().await
     }
 
-    async fn complete_one(
+    /// Runs one attempt in a savepoint of the batch's transaction, so a failing handler undoes
+    /// its own writes and nothing else, and says what became of it.
+    async fn attempt<'d>(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         event: &ClaimedEvent,
-        delivery: Option<&Delivery>,
-    ) -> sqlx::Result<Option<AttemptOutcome>> {
+        delivery: Option<&'d Delivery>,
+    ) -> sqlx::Result<AttemptRecord<'d>> {
         let started_at = Utc::now();
         let clock = Instant::now();
         let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
@@ -179,34 +191,16 @@ impl Worker {
             duration: Duration::ZERO,
             outcome: AttemptOutcome::Succeeded,
             error: None,
+            retry_at: None,
             http_status: delivery.and_then(|d| d.status),
             response_body: delivery.and_then(|d| d.response.as_deref()),
         };
         match result {
             Ok(state) => {
-                if !events::mark_finished(&mut savepoint, event, state).await? {
-                    savepoint.rollback().await?;
-                    tracing::warn!(
-                        event = event.id,
-                        "lease lost before completion; not applied"
-                    );
-                    return Ok(None);
-                }
-                record.outcome = if state == State::Skipped {
-                    AttemptOutcome::Skipped
-                } else {
-                    AttemptOutcome::Succeeded
-                };
-                record.duration = clock.elapsed();
-                events::record_attempt(&mut savepoint, &record).await?;
                 savepoint.commit().await?;
-                self.metrics
-                    .processed(event.source(), record.outcome.as_str(), record.duration);
-                tracing::info!(
-                    event = event.id, source = %event.source(), event_type = event.event_type,
-                    attempt = event.attempt, outcome = state.as_str(), "event processed"
-                );
-                Ok(Some(record.outcome))
+                if state == State::Skipped {
+                    record.outcome = AttemptOutcome::Skipped;
+                }
             }
             Err(failure) => {
                 savepoint.rollback().await?;
@@ -218,30 +212,31 @@ impl Worker {
                         .policy
                         .delay_after(attempt, &mut rand::thread_rng())
                 };
-                let retry_at = delay.map(|d| Utc::now() + d);
-                if !events::mark_failed(tx, event, &failure.message, retry_at).await? {
-                    tracing::warn!(event = event.id, "lease lost before recording a failure");
-                    return Ok(None);
-                }
-                record.outcome = if retry_at.is_some() {
+                record.retry_at = delay.map(|d| Utc::now() + d);
+                record.outcome = if delay.is_some() {
                     AttemptOutcome::Failed
                 } else {
                     AttemptOutcome::Dead
                 };
-                record.error = Some(&failure.message);
-                record.duration = clock.elapsed();
-                events::record_attempt(tx, &record).await?;
-                self.metrics
-                    .processed(event.source(), record.outcome.as_str(), record.duration);
-                tracing::warn!(
-                    event = event.id, source = %event.source(), event_type = event.event_type,
-                    attempt = event.attempt, outcome = record.outcome.as_str(),
-                    retry_in_ms = delay.map(|d| d.as_millis() as u64), error = failure.message,
-                    "event failed"
-                );
-                Ok(Some(record.outcome))
+                record.error = Some(failure.message);
             }
         }
+        record.duration = clock.elapsed();
+        self.metrics
+            .processed(event.source(), record.outcome.as_str(), record.duration);
+        if let Some(error) = &record.error {
+            tracing::warn!(
+                event = event.id, source = %event.source(), event_type = event.event_type,
+                attempt = event.attempt, outcome = record.outcome.as_str(),
+                retry_at = ?record.retry_at, error, "event failed"
+            );
+        } else {
+            tracing::info!(
+                event = event.id, source = %event.source(), event_type = event.event_type,
+                attempt = event.attempt, outcome = record.outcome.as_str(), "event processed"
+            );
+        }
+        Ok(record)
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ClaimedEvent>> {
