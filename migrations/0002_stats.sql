@@ -31,4 +31,5 @@ CREATE TRIGGER events_count_received AFTER INSERT ON events
     FOR EACH STATEMENT EXECUTE FUNCTION hookd_count_received();
 
 -- What is retrying or dead now, per type, without touching the rest of history.
-CREATE INDEX events_state_type_idx ON events (source, event_type) WHERE state IN ('retrying', 'dead');
+CREATE INDEX events_state_type_idx ON events (source, event_type) INCLUDE (state)
+    WHERE state IN ('retrying', 'dead');

@@ -22,7 +22,10 @@ pub enum Action {
         error: String,
     },
     /// The answer to [`Command::Count`], for a confirmation that states it.
-    Counted { op: Bulk, count: i64 },
+    Counted {
+        op: Bulk,
+        count: i64,
+    },
     Retried {
         id: i64,
         result: Result<(), String>,
@@ -33,7 +36,7 @@ pub enum Action {
     },
     Detail {
         id: i64,
-        result: Result<Option<Detail>, String>,
+        result: Result<Option<Box<Detail>>, String>,
     },
     NotifyFailed(String),
     /// SIGTERM, SIGINT or SIGHUP.

@@ -84,15 +84,15 @@ pub struct Confirm {
     pub count: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DetailView {
     pub id: i64,
     /// `None` while loading.
-    pub detail: Option<Result<Option<Detail>, String>>,
+    pub detail: Option<Result<Option<Box<Detail>>, String>>,
     pub scroll: u16,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Overlay {
     None,
     Help,
@@ -269,7 +269,7 @@ impl App {
                         Bulk::Purge => "no dead events older than 7 days",
                     };
                     self.say(Level::Info, text);
-                } else if self.overlay == Overlay::None {
+                } else if matches!(self.overlay, Overlay::None) {
                     self.overlay = Overlay::Confirm(Confirm { op, count });
                 }
                 Vec::new()

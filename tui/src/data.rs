@@ -59,7 +59,7 @@ pub struct Snapshot {
 }
 
 /// One event opened from the DLQ.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Detail {
     pub event: EventDetail,
     pub attempts: Vec<Attempt>,
@@ -139,8 +139,8 @@ pub async fn detail(pool: &PgPool, id: i64) -> sqlx::Result<Option<Detail>> {
         return Ok(None);
     };
     let attempts = events::attempts(pool, id).await?;
-    let pretty = serde_json::to_string_pretty(&event.payload)
-        .unwrap_or_else(|_| event.payload.to_string());
+    let pretty =
+        serde_json::to_string_pretty(&event.payload).unwrap_or_else(|_| event.payload.to_string());
     let mut payload: Vec<String> = pretty
         .lines()
         .take(PAYLOAD_LINES)
@@ -160,7 +160,8 @@ pub async fn detail(pool: &PgPool, id: i64) -> sqlx::Result<Option<Detail>> {
 /// Errors for the screen: one line, never the connection string.
 pub fn describe(err: &sqlx::Error) -> String {
     let text = match err {
-        sqlx::Error::PoolTimedOut => "no connection (timed out)".to_owned(),
+        // The pool retries a refused or unreachable server until its timeout.
+        sqlx::Error::PoolTimedOut => "cannot connect".to_owned(),
         sqlx::Error::Io(e) => e.to_string(),
         other => other.to_string(),
     };
@@ -170,12 +171,22 @@ pub fn describe(err: &sqlx::Error) -> String {
 /// Runs until `commands` closes. Reports to `actions`; a closed `actions` ends it too.
 pub async fn run(
     pool: PgPool,
+    commands: mpsc::UnboundedReceiver<Command>,
+    actions: mpsc::UnboundedSender<Action>,
+) {
+    run_with_fallback(pool, commands, actions, FALLBACK_REFRESH).await;
+}
+
+/// [`run`] with another fallback period (tests make it long to see what NOTIFY alone does).
+pub async fn run_with_fallback(
+    pool: PgPool,
     mut commands: mpsc::UnboundedReceiver<Command>,
     actions: mpsc::UnboundedSender<Action>,
+    fallback_every: Duration,
 ) {
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
-    let mut fallback = tokio::time::interval(FALLBACK_REFRESH);
+    let mut fallback = tokio::time::interval(fallback_every);
     fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut filter = String::new();
     let mut down_since: Option<DateTime<Utc>> = None;
@@ -199,6 +210,8 @@ pub async fn run(
             () = tokio::time::sleep_until(next_allowed), if dirty => {
                 dirty = false;
                 next_allowed = Instant::now() + MIN_REFRESH_GAP;
+                // An outage dates from the first attempt that failed, not from its timeout.
+                let attempted_at = Utc::now();
                 let result = tokio::time::timeout(REFRESH_TIMEOUT, fetch(&pool, &filter)).await;
                 let action = match result {
                     Ok(Ok(snapshot)) => {
@@ -206,11 +219,11 @@ pub async fn run(
                         Action::Snapshot(Box::new(snapshot))
                     }
                     Ok(Err(e)) => Action::DbDown {
-                        since: *down_since.get_or_insert_with(Utc::now),
+                        since: *down_since.get_or_insert(attempted_at),
                         error: describe(&e),
                     },
                     Err(_) => Action::DbDown {
-                        since: *down_since.get_or_insert_with(Utc::now),
+                        since: *down_since.get_or_insert(attempted_at),
                         error: "the database did not answer in time".to_owned(),
                     },
                 };
@@ -263,7 +276,10 @@ async fn execute(
         }
         Command::LoadDetail(id) => Action::Detail {
             id,
-            result: detail(&pool, id).await.map_err(|e| describe(&e)),
+            result: detail(&pool, id)
+                .await
+                .map(|d| d.map(Box::new))
+                .map_err(|e| describe(&e)),
         },
     };
     let changed = matches!(
@@ -300,6 +316,60 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn seed(pool: &PgPool) {
+        sqlx::query(
+            "INSERT INTO events (source, event_id, event_type, state, body, payload, received_at,
+                                 attempts, last_error, dead_at)
+             SELECT 'stripe', 'evt_' || g, CASE WHEN g % 2 = 0 THEN 'invoice.paid' ELSE 'x.y' END,
+                    'dead', '\\x7b7d', '{}', now() - make_interval(mins => g), 4,
+                    'boom ' || g, now() - make_interval(mins => g)
+             FROM generate_series(1, 150) g",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        // Counters older than the hour must not leak into it.
+        sqlx::query(
+            "INSERT INTO stats_minute (bucket, source, event_type, received)
+             SELECT date_trunc('minute', now()) - make_interval(mins => g), 'custom', 'old', 1000
+             FROM generate_series(60, 200) g",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn throughput_counts_the_last_hour_only(pool: PgPool) {
+        seed(&pool).await;
+        let hour = stats::throughput(&pool, 60).await.unwrap();
+        assert_eq!(hour.len(), 60);
+        // One event in each whole minute before this one, nothing older than the hour (the
+        // first minute may just have rolled over).
+        let sum: i64 = hour.iter().map(|(_, n)| n).sum();
+        assert!((58..=59).contains(&sum), "{sum}");
+    }
+
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn a_refresh_reads_the_filtered_list_and_the_newest_deaths(pool: PgPool) {
+        seed(&pool).await;
+        let all = fetch(&pool, "").await.unwrap();
+        assert_eq!(all.queue.dead, 150);
+        assert_eq!(all.dead.len(), 150);
+        assert_eq!(all.recent_dead.len(), RECENT_DEAD as usize);
+        assert_eq!(all.recent_dead[0].event_id, "evt_1", "newest first");
+        let some = fetch(&pool, "invoice").await.unwrap();
+        assert_eq!(some.dead.len(), 75);
+        assert!(some.dead.iter().all(|e| e.event_type == "invoice.paid"));
+        assert_eq!(some.recent_dead.len(), RECENT_DEAD as usize, "unfiltered");
+        assert_eq!(some.filter, "invoice");
+        let id = some.dead[0].id;
+        let detail = detail(&pool, id).await.unwrap().unwrap();
+        assert_eq!(detail.payload, ["{}"]);
+        assert!(detail.attempts.is_empty());
+        assert!(super::detail(&pool, -1).await.unwrap().is_none());
+    }
 
     #[test]
     fn a_source_name_filters_by_source_and_other_text_by_content() {

@@ -46,7 +46,19 @@ impl Notifier for DesktopNotifier {
             .urgency(urgency)
             .show()
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| short_reason(&e.to_string()))
+    }
+}
+
+/// zbus's errors name socket paths and D-Bus error names; the status bar has room for a few
+/// words.
+pub fn short_reason(error: &str) -> String {
+    if error.contains("Failed to connect") {
+        "no D-Bus session".to_owned()
+    } else if error.contains("ServiceUnknown") || error.contains("NameHasNoOwner") {
+        "no notification service on D-Bus".to_owned()
+    } else {
+        error.chars().take(60).collect()
     }
 }
 
@@ -313,6 +325,21 @@ mod tests {
         assert!(rate.is_below());
         assert_eq!(rate.observe(Some(0.9)), None, "recovered");
         assert!(rate.observe(Some(0.89)).is_some(), "crossed again");
+    }
+
+    #[test]
+    fn reasons_are_short() {
+        assert_eq!(
+            short_reason(
+                "Failed to connect to address `unix:path=/run/user/0/bus`: No such file or \
+                 directory (os error 2)"
+            ),
+            "no D-Bus session"
+        );
+        assert_eq!(
+            short_reason("org.freedesktop.DBus.Error.ServiceUnknown: The name is not activatable"),
+            "no notification service on D-Bus"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,455 @@
+use chrono::TimeDelta;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::*;
+use crate::fixtures::{self, ago, app, ch, dead, key, now, snapshot};
+
+fn commands(effects: Vec<Effect>) -> Vec<Command> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Command(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn status(app: &App) -> &str {
+    app.current_status().map_or("", |s| s.text.as_str())
+}
+
+#[test]
+fn starts_on_the_dead_letter_queue_and_moves_within_bounds() {
+    let mut app = app();
+    assert_eq!(app.focus, Pane::Dead);
+    assert_eq!(app.selected_dead().map(|e| e.id), Some(42));
+    app.update(ch('j'));
+    app.update(key(KeyCode::Down));
+    assert_eq!(app.selected_dead().map(|e| e.id), Some(17));
+    app.update(ch('j'));
+    assert_eq!(app.dead_selected, 2, "stops at the last row");
+    app.update(ch('k'));
+    assert_eq!(app.selected_dead().map(|e| e.id), Some(41));
+    app.update(key(KeyCode::Up));
+    app.update(key(KeyCode::Up));
+    assert_eq!(app.dead_selected, 0, "stops at the first row");
+    app.update(ch('G'));
+    assert_eq!(app.dead_selected, 2);
+    app.update(ch('g'));
+    assert_eq!(app.dead_selected, 0);
+}
+
+#[test]
+fn tab_switches_panes_and_keys_move_the_focused_one() {
+    let mut app = app();
+    app.update(key(KeyCode::Tab));
+    assert_eq!(app.focus, Pane::Types);
+    app.update(ch('j'));
+    assert_eq!((app.types_selected, app.dead_selected), (1, 0));
+    app.update(key(KeyCode::BackTab));
+    assert_eq!(app.focus, Pane::Dead);
+}
+
+#[test]
+fn the_selection_follows_its_event_when_new_deaths_arrive() {
+    let mut app = app();
+    app.update(ch('j'));
+    assert_eq!(app.selected_dead().map(|e| e.id), Some(41));
+    let mut next = snapshot();
+    next.dead
+        .insert(0, dead(43, 5, "stripe", "invoice.paid", "x"));
+    app.update(Action::Snapshot(Box::new(next)));
+    assert_eq!(app.selected_dead().map(|e| e.id), Some(41));
+    assert_eq!(app.dead_selected, 2);
+}
+
+#[test]
+fn a_vanished_selection_stays_in_place_and_in_bounds() {
+    let mut app = app();
+    app.update(ch('G'));
+    let mut next = snapshot();
+    next.dead.truncate(1);
+    app.update(Action::Snapshot(Box::new(next.clone())));
+    assert_eq!(app.selected_dead().map(|e| e.id), Some(42));
+    next.dead.clear();
+    app.update(Action::Snapshot(Box::new(next)));
+    assert_eq!(app.selected_dead(), None);
+    let effects = app.update(ch('r'));
+    assert!(effects.is_empty());
+    assert_eq!(status(&app), "no dead event selected");
+}
+
+#[test]
+fn r_retries_the_selected_event_and_reports() {
+    let mut app = app();
+    app.update(ch('j'));
+    assert_eq!(commands(app.update(ch('r'))), [Command::Retry(41)]);
+    assert_eq!(status(&app), "retrying event 41…");
+    let effects = app.update(Action::Retried {
+        id: 41,
+        result: Ok(()),
+    });
+    assert_eq!(commands(effects), [Command::Refresh]);
+    assert_eq!(status(&app), "retried event 41");
+    app.update(Action::Retried {
+        id: 41,
+        result: Err("event 41 is pending, not dead".into()),
+    });
+    assert_eq!(
+        status(&app),
+        "retry of event 41 failed: event 41 is pending, not dead"
+    );
+}
+
+#[test]
+fn r_outside_the_dead_letter_pane_explains_instead_of_guessing() {
+    let mut app = app();
+    app.update(key(KeyCode::Tab));
+    assert!(app.update(ch('r')).is_empty());
+    assert_eq!(
+        status(&app),
+        "Tab to the dead-letter queue to pick an event"
+    );
+}
+
+#[test]
+fn retry_all_counts_then_confirms_with_the_count_then_runs() {
+    let mut app = app();
+    assert_eq!(
+        commands(app.update(ch('R'))),
+        [Command::Count(Bulk::RetryAll)]
+    );
+    assert!(
+        matches!(app.overlay, Overlay::None),
+        "no guess at the count"
+    );
+    app.update(Action::Counted {
+        op: Bulk::RetryAll,
+        count: 42,
+    });
+    let Overlay::Confirm(confirm) = &app.overlay else {
+        panic!("expected a confirmation, got {:?}", app.overlay);
+    };
+    assert_eq!((confirm.op, confirm.count), (Bulk::RetryAll, 42));
+    assert!(app.update(ch('x')).is_empty(), "other keys do nothing");
+    assert_eq!(
+        commands(app.update(ch('y'))),
+        [Command::Run(Bulk::RetryAll)]
+    );
+    assert!(matches!(app.overlay, Overlay::None));
+    assert_eq!(status(&app), "retrying 42 dead events…");
+    assert_eq!(app.running, Some(Bulk::RetryAll));
+    assert!(
+        commands(app.update(ch('p'))).is_empty(),
+        "one bulk action at a time"
+    );
+    let effects = app.update(Action::Bulk {
+        op: Bulk::RetryAll,
+        result: Ok(42),
+    });
+    assert_eq!(commands(effects), [Command::Refresh]);
+    assert_eq!(status(&app), "retried 42 events");
+    assert_eq!(app.running, None);
+}
+
+#[test]
+fn purge_confirms_with_the_count_and_reports_what_it_deleted() {
+    let mut app = app();
+    assert_eq!(commands(app.update(ch('p'))), [Command::Count(Bulk::Purge)]);
+    app.update(Action::Counted {
+        op: Bulk::Purge,
+        count: 1,
+    });
+    assert!(matches!(
+        app.overlay,
+        Overlay::Confirm(Confirm {
+            op: Bulk::Purge,
+            count: 1
+        })
+    ));
+    assert_eq!(
+        commands(app.update(key(KeyCode::Enter))),
+        [Command::Run(Bulk::Purge)]
+    );
+    app.update(Action::Bulk {
+        op: Bulk::Purge,
+        result: Ok(1),
+    });
+    assert_eq!(status(&app), "purged 1 dead event older than 7 days");
+}
+
+#[test]
+fn declining_a_confirmation_changes_nothing() {
+    for decline in [ch('n'), key(KeyCode::Esc)] {
+        let mut app = app();
+        app.update(ch('p'));
+        app.update(Action::Counted {
+            op: Bulk::Purge,
+            count: 5,
+        });
+        assert!(app.update(decline).is_empty());
+        assert!(matches!(app.overlay, Overlay::None));
+        assert_eq!(status(&app), "cancelled: nothing changed");
+    }
+}
+
+#[test]
+fn nothing_to_do_is_said_without_asking() {
+    let mut app = app();
+    app.update(ch('p'));
+    app.update(Action::Counted {
+        op: Bulk::Purge,
+        count: 0,
+    });
+    assert!(matches!(app.overlay, Overlay::None));
+    assert_eq!(status(&app), "no dead events older than 7 days");
+}
+
+#[test]
+fn a_count_that_arrives_after_esc_opens_nothing() {
+    let mut app = app();
+    app.update(ch('R'));
+    app.update(key(KeyCode::Esc));
+    app.update(Action::Counted {
+        op: Bulk::RetryAll,
+        count: 3,
+    });
+    assert!(matches!(app.overlay, Overlay::None));
+}
+
+#[test]
+fn a_failed_bulk_action_is_reported_as_an_error_that_stays() {
+    let mut app = app();
+    app.update(Action::Bulk {
+        op: Bulk::Purge,
+        result: Err("cannot connect".into()),
+    });
+    app.update(Action::Tick(now() + TimeDelta::minutes(10)));
+    assert_eq!(status(&app), "purge: cannot connect");
+    assert_eq!(app.status.as_ref().map(|s| s.level), Some(Level::Error));
+}
+
+#[test]
+fn reports_fade_after_a_while() {
+    let mut app = app();
+    app.update(Action::Retried {
+        id: 1,
+        result: Ok(()),
+    });
+    app.update(Action::Tick(now() + STATUS_FOR - TimeDelta::seconds(1)));
+    assert_eq!(status(&app), "retried event 1");
+    app.update(Action::Tick(now() + STATUS_FOR));
+    assert_eq!(status(&app), "");
+}
+
+#[test]
+fn filter_is_typed_applied_and_sent_to_the_database() {
+    let mut app = app();
+    assert!(app.update(ch('/')).is_empty());
+    for c in "invoicex".chars() {
+        app.update(ch(c));
+    }
+    app.update(key(KeyCode::Backspace));
+    assert_eq!(app.filter_input.as_deref(), Some("invoice"));
+    assert!(app.update(ch('q')).is_empty(), "q is text while typing");
+    app.update(key(KeyCode::Backspace));
+    let effects = app.update(key(KeyCode::Enter));
+    assert_eq!(
+        commands(effects),
+        [Command::SetFilter("invoice".to_owned())]
+    );
+    assert_eq!(app.filter, "invoice");
+    let shown: Vec<&str> = app
+        .visible_types()
+        .iter()
+        .map(|t| t.event_type.as_str())
+        .collect();
+    assert_eq!(shown, ["invoice.payment_failed"]);
+    assert_eq!(
+        commands(app.update(key(KeyCode::Esc))),
+        [Command::SetFilter(String::new())],
+        "Esc clears an active filter"
+    );
+    assert_eq!(app.visible_types().len(), 4);
+}
+
+#[test]
+fn esc_while_typing_keeps_the_previous_filter() {
+    let mut app = app();
+    app.filter = "stripe".into();
+    app.update(ch('/'));
+    app.update(key(KeyCode::Char('u')).clone());
+    let ctrl_u = Action::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+    app.update(ctrl_u);
+    assert_eq!(app.filter_input.as_deref(), Some(""));
+    assert!(app.update(key(KeyCode::Esc)).is_empty());
+    assert_eq!(app.filter, "stripe");
+    assert_eq!(app.filter_input, None);
+    let sources: Vec<&str> = app
+        .visible_types()
+        .iter()
+        .map(|t| t.source.as_str())
+        .collect();
+    assert_eq!(sources, ["stripe", "stripe"]);
+}
+
+#[test]
+fn enter_opens_the_event_and_its_detail_arrives_later() {
+    let mut app = app();
+    assert_eq!(
+        commands(app.update(key(KeyCode::Enter))),
+        [Command::LoadDetail(42)]
+    );
+    let Overlay::Detail(view) = &app.overlay else {
+        panic!("detail expected");
+    };
+    assert!(view.detail.is_none(), "loading");
+    app.update(Action::Detail {
+        id: 99,
+        result: Ok(None),
+    });
+    app.update(Action::Detail {
+        id: 42,
+        result: Ok(Some(Box::new(fixtures::detail()))),
+    });
+    let Overlay::Detail(view) = &app.overlay else {
+        panic!("detail expected");
+    };
+    assert!(matches!(&view.detail, Some(Ok(Some(d))) if d.event.id == 42));
+    app.update(ch('j'));
+    app.update(ch('j'));
+    app.update(ch('k'));
+    assert!(matches!(&app.overlay, Overlay::Detail(v) if v.scroll == 1));
+    assert_eq!(commands(app.update(ch('r'))), [Command::Retry(42)]);
+    app.update(key(KeyCode::Esc));
+    assert!(matches!(app.overlay, Overlay::None));
+}
+
+#[test]
+fn help_opens_and_closes_and_q_quits_from_anywhere() {
+    let mut app = app();
+    app.update(ch('?'));
+    assert!(matches!(app.overlay, Overlay::Help));
+    app.update(key(KeyCode::Esc));
+    assert!(matches!(app.overlay, Overlay::None));
+    app.update(ch('?'));
+    assert_eq!(app.update(ch('q')), [Effect::Quit]);
+    assert!(app.quit);
+    let mut typing = fixtures::app();
+    typing.update(ch('/'));
+    let ctrl_c = Action::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(typing.update(ctrl_c), [Effect::Quit]);
+    assert_eq!(fixtures::app().update(Action::Quit), [Effect::Quit]);
+}
+
+#[test]
+fn s_cycles_the_sort_column_and_capital_s_reverses_it() {
+    let mut app = app();
+    let names = |app: &App| -> Vec<String> {
+        app.visible_types()
+            .iter()
+            .map(|t| t.event_type.clone())
+            .collect()
+    };
+    // Dead, descending; ties in name order.
+    assert_eq!(
+        names(&app),
+        [
+            "order.created",
+            "invoice.payment_failed",
+            "call.hangup",
+            "customer.subscription.updated"
+        ]
+    );
+    app.update(ch('s'));
+    assert_eq!(app.sort, SortKey::Retrying);
+    assert_eq!(names(&app)[0], "order.created");
+    app.update(ch('s'));
+    assert_eq!(app.sort, SortKey::Received);
+    assert_eq!(names(&app)[0], "call.hangup");
+    app.update(ch('S'));
+    assert_eq!(names(&app)[0], "invoice.payment_failed");
+    for _ in 0..3 {
+        app.update(ch('s'));
+    }
+    assert_eq!((app.sort, app.descending), (SortKey::Name, false));
+    assert_eq!(names(&app)[0], "order.created", "custom sorts first");
+}
+
+#[test]
+fn the_database_going_away_and_coming_back() {
+    let mut app = app();
+    app.update(Action::DbDown {
+        since: ago(-5),
+        error: "Connection refused (os error 111)".into(),
+    });
+    assert!(matches!(&app.db, DbState::Down { error, .. } if error.contains("refused")));
+    assert!(app.snapshot.is_some(), "the last data stays on screen");
+    app.update(Action::Snapshot(Box::new(snapshot())));
+    assert_eq!(app.db, DbState::Up);
+}
+
+fn notifications(effects: &[Effect]) -> Vec<&crate::notify::Notification> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn new_dead_events_are_notified_once_per_burst() {
+    let mut app = app();
+    let mut next = snapshot();
+    next.taken_at = now() + TimeDelta::seconds(2);
+    next.recent_dead.insert(
+        0,
+        dead(50, -2, "stripe", "invoice.payment_failed", "no business"),
+    );
+    next.recent_dead.insert(
+        0,
+        dead(51, -2, "stripe", "invoice.payment_failed", "no business"),
+    );
+    let effects = app.update(Action::Snapshot(Box::new(next.clone())));
+    assert!(notifications(&effects).is_empty(), "the burst may go on");
+    let effects = app.update(Action::Tick(now() + TimeDelta::seconds(6)));
+    let sent = notifications(&effects);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].summary, "hookd: 2 events dead-lettered");
+    assert_eq!(sent[0].body, "stripe invoice.payment_failed ×2");
+    next.taken_at = now() + TimeDelta::seconds(8);
+    let effects = app.update(Action::Snapshot(Box::new(next)));
+    assert!(notifications(&effects).is_empty(), "already told");
+}
+
+#[test]
+fn a_falling_success_rate_is_notified_once_and_no_notify_silences_all() {
+    let mut app = app();
+    let mut bad = snapshot();
+    bad.last_5m.dead = 100;
+    let effects = app.update(Action::Snapshot(Box::new(bad.clone())));
+    let sent = notifications(&effects);
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].summary.contains("54.1%"), "{}", sent[0].summary);
+    let effects = app.update(Action::Snapshot(Box::new(bad.clone())));
+    assert!(notifications(&effects).is_empty());
+
+    let mut quiet = fixtures::app_with(Settings {
+        notify: false,
+        ..Settings::default()
+    });
+    bad.recent_dead.insert(0, dead(60, -1, "custom", "x", "y"));
+    let mut effects = quiet.update(Action::Snapshot(Box::new(bad)));
+    effects.extend(quiet.update(Action::Tick(now() + TimeDelta::minutes(5))));
+    assert!(notifications(&effects).is_empty());
+    assert!(quiet.alerts.rate.is_below(), "still tracked for the screen");
+}
+
+#[test]
+fn a_missing_notification_service_becomes_a_note() {
+    let mut app = app();
+    app.update(Action::NotifyFailed("no D-Bus session".into()));
+    assert_eq!(app.notify_note.as_deref(), Some("no D-Bus session"));
+}

@@ -1,0 +1,190 @@
+//! Fixed data and a fixed "now" for tests, so snapshots are stable.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::db::dlq::DeadEvent;
+use common::db::events::{Attempt, EventDetail};
+use common::db::stats::{Queue, Totals, TypeCounts};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::action::Action;
+use crate::app::{App, Settings};
+use crate::data::{Detail, Snapshot};
+
+pub fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-29T03:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+pub fn ago(secs: i64) -> DateTime<Utc> {
+    now() - TimeDelta::seconds(secs)
+}
+
+pub fn key(code: KeyCode) -> Action {
+    Action::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+pub fn ch(c: char) -> Action {
+    key(KeyCode::Char(c))
+}
+
+pub fn types(source: &str, event_type: &str, counts: [i64; 5]) -> TypeCounts {
+    let [received, succeeded, skipped, retrying_now, dead_now] = counts;
+    TypeCounts {
+        source: source.into(),
+        event_type: event_type.into(),
+        received,
+        succeeded,
+        skipped,
+        failed: retrying_now,
+        dead: dead_now,
+        retrying_now,
+        dead_now,
+    }
+}
+
+pub fn dead(id: i64, died_secs_ago: i64, source: &str, event_type: &str, error: &str) -> DeadEvent {
+    DeadEvent {
+        id,
+        source: source.into(),
+        event_id: format!("evt_{id}"),
+        event_type: event_type.into(),
+        attempts: 4,
+        last_error: Some(error.into()),
+        received_at: ago(died_secs_ago + 90),
+        dead_at: ago(died_secs_ago),
+    }
+}
+
+pub fn snapshot() -> Snapshot {
+    let dead_events = vec![
+        dead(
+            42,
+            75,
+            "stripe",
+            "invoice.payment_failed",
+            "no business is linked to Stripe customer cus_Q1",
+        ),
+        dead(
+            41,
+            3_700,
+            "telnyx",
+            "call.hangup",
+            "payload has no string at /data/payload/call_control_id",
+        ),
+        dead(
+            17,
+            9 * 86_400,
+            "custom",
+            "order.created",
+            "forward: 503 Service Unavailable",
+        ),
+    ];
+    Snapshot {
+        taken_at: ago(1),
+        took: Duration::from_millis(7),
+        queue: Queue {
+            pending: 10,
+            retrying: 3,
+            processing: 2,
+            dead: 3,
+            oldest_pending_secs: Some(252.0),
+        },
+        last_5m: Totals {
+            received: 120,
+            succeeded: 118,
+            skipped: 0,
+            failed: 2,
+            dead: 1,
+        },
+        last_hour: Totals {
+            received: 1_480,
+            succeeded: 1_452,
+            skipped: 12,
+            failed: 30,
+            dead: 2,
+        },
+        last_day: Totals {
+            received: 30_210,
+            succeeded: 29_800,
+            skipped: 300,
+            failed: 400,
+            dead: 110,
+        },
+        throughput: (0..60)
+            .map(|m| (ago(60 * (59 - m)), [12, 30, 18, 25, 40, 8][m as usize % 6]))
+            .collect(),
+        by_type: vec![
+            types("custom", "order.created", [320, 317, 0, 2, 1]),
+            types(
+                "stripe",
+                "customer.subscription.updated",
+                [2_210, 2_210, 0, 0, 0],
+            ),
+            types("stripe", "invoice.payment_failed", [95, 93, 0, 1, 1]),
+            types("telnyx", "call.hangup", [27_585, 27_180, 300, 0, 1]),
+        ],
+        recent_dead: dead_events.clone(),
+        dead: dead_events,
+        filter: String::new(),
+    }
+}
+
+pub fn detail() -> Detail {
+    let payload = serde_json::json!({
+        "id": "evt_42",
+        "type": "invoice.payment_failed",
+        "created": 1_800_000_000,
+        "data": {"object": {"customer": "cus_Q1", "amount_due": 4_900}},
+    });
+    let failed = |attempt: i32, secs: i64, outcome: &str| Attempt {
+        attempt,
+        started_at: ago(secs),
+        duration_ms: 12 * attempt,
+        outcome: outcome.into(),
+        error: Some("no business is linked to Stripe customer cus_Q1".into()),
+        http_status: None,
+        response_body: None,
+    };
+    Detail {
+        event: EventDetail {
+            id: 42,
+            source: "stripe".into(),
+            event_id: "evt_42".into(),
+            event_type: "invoice.payment_failed".into(),
+            state: "dead".into(),
+            attempts: 3,
+            last_error: Some("no business is linked to Stripe customer cus_Q1".into()),
+            received_at: ago(165),
+            processed_at: None,
+            dead_at: Some(ago(75)),
+            payload: payload.clone(),
+        },
+        attempts: vec![
+            failed(1, 164, "failed"),
+            failed(2, 130, "failed"),
+            failed(3, 75, "dead"),
+        ],
+        payload: serde_json::to_string_pretty(&payload)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// An app at [`now`] that has seen [`snapshot`].
+pub fn app_with(settings: Settings) -> App {
+    let mut app = App::new(settings, now());
+    app.update(Action::Snapshot(Box::new(snapshot())));
+    app
+}
+
+pub fn app() -> App {
+    app_with(Settings {
+        color: false,
+        ..Settings::default()
+    })
+}

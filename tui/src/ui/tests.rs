@@ -1,0 +1,118 @@
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use super::*;
+use crate::action::Action;
+use crate::app::Settings;
+use crate::fixtures::{self, ago, ch, key};
+use crossterm::event::KeyCode;
+
+fn draw(app: &App, width: u16, height: u16) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal
+        .draw(|frame| frame.render_widget(app, frame.area()))
+        .unwrap();
+    terminal
+}
+
+#[test]
+fn main_screen_at_80x24() {
+    let app = fixtures::app();
+    insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+#[test]
+fn main_screen_at_120x40_with_the_types_pane_focused() {
+    let mut app = fixtures::app();
+    app.update(key(KeyCode::Tab));
+    app.update(ch('j'));
+    insta::assert_snapshot!(draw(&app, 120, 40).backend());
+}
+
+#[test]
+fn detail_view() {
+    let mut app = fixtures::app();
+    app.update(key(KeyCode::Enter));
+    app.update(Action::Detail {
+        id: 42,
+        result: Ok(Some(Box::new(fixtures::detail()))),
+    });
+    insta::assert_snapshot!(draw(&app, 80, 30).backend());
+}
+
+#[test]
+fn retry_all_confirmation() {
+    let mut app = fixtures::app();
+    app.update(ch('R'));
+    app.update(Action::Counted {
+        op: Bulk::RetryAll,
+        count: 42,
+    });
+    insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+#[test]
+fn help_overlay() {
+    let mut app = fixtures::app();
+    app.update(ch('?'));
+    insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+#[test]
+fn database_down_filter_typing_and_notification_note() {
+    let mut app = fixtures::app();
+    app.update(Action::DbDown {
+        since: ago(125),
+        error: "Connection refused (os error 111)".into(),
+    });
+    app.update(Action::NotifyFailed("no D-Bus session".into()));
+    app.update(ch('/'));
+    app.update(ch('i'));
+    app.update(ch('n'));
+    insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+#[test]
+fn colours_carry_meaning_and_no_color_removes_them_all() {
+    let coloured = fixtures::app_with(Settings::default());
+    let terminal = draw(&coloured, 80, 24);
+    let buf = terminal.backend().buffer();
+    let fgs: std::collections::HashSet<Color> = buf.content().iter().map(|c| c.fg).collect();
+    for meaning in [Color::Green, Color::Yellow, Color::Red] {
+        assert!(fgs.contains(&meaning), "{meaning:?} missing");
+    }
+    let plain = fixtures::app();
+    let terminal = draw(&plain, 80, 24);
+    let buf = terminal.backend().buffer();
+    assert!(
+        buf.content()
+            .iter()
+            .all(|c| c.fg == Color::Reset && c.bg == Color::Reset),
+        "NO_COLOR draws without colours"
+    );
+}
+
+#[test]
+fn the_hour_fits_any_width() {
+    let series: Vec<_> = (0..60).map(|m| (ago(60 * (59 - m)), m)).collect();
+    assert_eq!(resample(&series, 120).len(), 60);
+    let narrow = resample(&series, 20);
+    assert_eq!(narrow.len(), 20);
+    assert_eq!(narrow[0], 1, "minutes 0..3 average to 1");
+    assert_eq!(narrow[19], 58);
+    assert!(resample(&series, 0).is_empty());
+}
+
+#[test]
+fn numbers_and_ages_are_short() {
+    assert_eq!(count(99_999), "99999");
+    assert_eq!(count(123_456), "123k");
+    assert_eq!(count(12_345_678), "12.3M");
+    assert_eq!(age(59), "59s");
+    assert_eq!(age(252), "4m 12s");
+    assert_eq!(age(3 * 3_600 + 120), "3h 2m");
+    assert_eq!(age(2 * 86_400 + 4 * 3_600), "2d 4h");
+    assert_eq!(short_age(9 * 86_400), "9d");
+    assert_eq!(pct(None), "—");
+    assert_eq!(pct(Some(0.98765)), "98.8%");
+}
