@@ -1,0 +1,426 @@
+//! `loadgen run`: N tasks, each owning one keep-alive HTTP/1.1 connection, send signed
+//! webhooks for a duration or a count, closed loop (as fast as answers come back) or open loop
+//! at a fixed rate.
+//!
+//! Open loop: request i is scheduled at `start + i / rate` whatever happened before it, and its
+//! latency runs from that scheduled time, so a stall shows up as the latency of every request
+//! that should have been sent during it (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use common::Source;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::payload::Generator;
+
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub connections: usize,
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    pub rate: Option<f64>,
+    pub warmup: Duration,
+    pub timeout: Duration,
+    pub mix: Vec<Source>,
+}
+
+/// What one task saw.
+struct TaskResult {
+    hist: Histogram<u64>,
+    /// Index of every acknowledged (2xx) request, by source.
+    acked: Vec<(Source, u64)>,
+    measured_ok: u64,
+    sent: u64,
+    duplicates: u64,
+    status: BTreeMap<u16, u64>,
+    errors: BTreeMap<&'static str, u64>,
+    /// Send started later than scheduled by more than 1 ms (open loop): the client could not
+    /// keep up, or every connection was busy.
+    late: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: &'static str,
+    pub connections: usize,
+    pub target_rate: Option<f64>,
+    pub mix: String,
+    /// Seconds over which throughput and latency were measured (after the warm-up).
+    pub measured_secs: f64,
+    pub sent: u64,
+    /// Requests answered 2xx (duplicates included).
+    pub ok: u64,
+    pub duplicates: u64,
+    pub non_2xx: u64,
+    pub errors: u64,
+    pub status: BTreeMap<String, u64>,
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Acknowledged requests per second, after the warm-up.
+    pub throughput: f64,
+    pub late_sends: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    pub acked: u64,
+    /// Whether the acknowledged events were looked up in the database.
+    pub checked: bool,
+    pub found: u64,
+    pub missing: u64,
+    #[serde(skip)]
+    pub acked_ids: Vec<(Source, u64)>,
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+async fn connect(plan: &Plan) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(plan.addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+enum Outcome {
+    Answer { status: u16, duplicate: bool },
+    Failed(&'static str),
+}
+
+async fn send_one(
+    plan: &Plan,
+    sender: &mut Option<Sender>,
+    generator: &Generator,
+    source: Source,
+    i: u64,
+) -> Outcome {
+    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        *sender = match tokio::time::timeout(plan.timeout, connect(plan)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(_)) => return Outcome::Failed("connect"),
+            Err(_) => return Outcome::Failed("connect_timeout"),
+        };
+    }
+    let conn = sender.as_mut().expect("connected");
+    if conn.ready().await.is_err() {
+        *sender = None;
+        return Outcome::Failed("connection_closed");
+    }
+    let signed = generator.request(source, i, chrono::Utc::now().timestamp());
+    let mut request = hyper::Request::post(signed.path)
+        .header(hyper::header::HOST, plan.host.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, "hookd-loadgen");
+    for (name, value) in &signed.headers {
+        request = request.header(*name, value.as_str());
+    }
+    let request = match request.body(Full::new(Bytes::from(signed.body))) {
+        Ok(r) => r,
+        Err(_) => return Outcome::Failed("build"),
+    };
+    let exchange = async {
+        let response = conn.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    };
+    match tokio::time::timeout(plan.timeout, exchange).await {
+        Ok(Ok((status, body))) => Outcome::Answer {
+            status,
+            duplicate: (200..300).contains(&status)
+                && body.windows(16).any(|w| w == b"\"duplicate\":true"),
+        },
+        Ok(Err(_)) => {
+            *sender = None;
+            Outcome::Failed("io")
+        }
+        Err(_) => {
+            // The answer may still come on this connection; start a fresh one.
+            *sender = None;
+            Outcome::Failed("timeout")
+        }
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // Microseconds, 1 µs to 10 minutes, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+async fn task(
+    plan: Arc<Plan>,
+    generator: Arc<Generator>,
+    next: Arc<AtomicU64>,
+    start: Instant,
+    stop: CancellationToken,
+) -> TaskResult {
+    let mut result = TaskResult {
+        hist: new_hist(),
+        acked: Vec::new(),
+        measured_ok: 0,
+        sent: 0,
+        duplicates: 0,
+        status: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        late: 0,
+    };
+    let end = plan.duration.map(|d| start + d);
+    let measure_from = start + plan.warmup;
+    let mut sender: Option<Sender> = None;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if plan.requests.is_some_and(|n| i >= n) {
+            break;
+        }
+        // When the request is due: now (closed loop) or on the open-loop schedule.
+        let scheduled = match plan.rate {
+            Some(rate) => start + Duration::from_secs_f64(i as f64 / rate),
+            None => Instant::now(),
+        };
+        if end.is_some_and(|end| scheduled >= end) {
+            break;
+        }
+        if plan.rate.is_some() {
+            tokio::select! {
+                () = tokio::time::sleep_until(scheduled) => {}
+                () = stop.cancelled() => break,
+            }
+            if Instant::now().duration_since(scheduled) > Duration::from_millis(1) {
+                result.late += 1;
+            }
+        }
+        let source = plan.mix[(i % plan.mix.len() as u64) as usize];
+        let outcome = send_one(&plan, &mut sender, &generator, source, i).await;
+        let done = Instant::now();
+        result.sent += 1;
+        let measured = scheduled >= measure_from;
+        match outcome {
+            Outcome::Answer { status, duplicate } => {
+                *result.status.entry(status).or_default() += 1;
+                if (200..300).contains(&status) {
+                    result.acked.push((source, i));
+                    if duplicate {
+                        result.duplicates += 1;
+                    }
+                    if measured {
+                        result.measured_ok += 1;
+                    }
+                }
+            }
+            Outcome::Failed(kind) => {
+                *result.errors.entry(kind).or_default() += 1;
+                if matches!(kind, "connect" | "connect_timeout") {
+                    // Don't spin on a server that is not there.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if measured {
+            let micros = done.duration_since(scheduled).as_micros().max(1) as u64;
+            result.hist.saturating_record(micros);
+        }
+    }
+    result
+}
+
+pub async fn run(
+    plan: Plan,
+    generator: Generator,
+    stop: CancellationToken,
+) -> anyhow::Result<Report> {
+    if plan.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if plan.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be above 0");
+    }
+    // Fail early and clearly when hookd is not there.
+    connect(&plan)
+        .await
+        .with_context(|| format!("cannot connect to hookd at {}", plan.addr))?;
+
+    let plan = Arc::new(plan);
+    let generator = Arc::new(generator);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(20);
+    let tasks: Vec<_> = (0..plan.connections)
+        .map(|_| {
+            tokio::spawn(task(
+                plan.clone(),
+                generator.clone(),
+                next.clone(),
+                start,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.context("load task panicked")?);
+    }
+    let finished = Instant::now();
+    let measure_from = start + plan.warmup;
+    let measured_secs = finished
+        .checked_duration_since(measure_from)
+        .unwrap_or_default()
+        .as_secs_f64();
+
+    let mut hist = new_hist();
+    let mut report = Report {
+        mode: if plan.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        connections: plan.connections,
+        target_rate: plan.rate,
+        mix: mix_label(&plan.mix),
+        measured_secs,
+        sent: 0,
+        ok: 0,
+        duplicates: 0,
+        non_2xx: 0,
+        errors: 0,
+        status: BTreeMap::new(),
+        error_kinds: BTreeMap::new(),
+        throughput: 0.0,
+        late_sends: 0,
+        p50_ms: 0.0,
+        p90_ms: 0.0,
+        p99_ms: 0.0,
+        p999_ms: 0.0,
+        max_ms: 0.0,
+        mean_ms: 0.0,
+        acked: 0,
+        checked: false,
+        found: 0,
+        missing: 0,
+        acked_ids: Vec::new(),
+    };
+    let mut measured_ok = 0;
+    for r in results {
+        hist.add(&r.hist).expect("same bounds");
+        report.sent += r.sent;
+        report.duplicates += r.duplicates;
+        report.late_sends += r.late;
+        measured_ok += r.measured_ok;
+        for (status, n) in r.status {
+            if (200..300).contains(&status) {
+                report.ok += n;
+            } else {
+                report.non_2xx += n;
+            }
+            *report.status.entry(status.to_string()).or_default() += n;
+        }
+        for (kind, n) in r.errors {
+            report.errors += n;
+            *report.error_kinds.entry(kind.to_owned()).or_default() += n;
+        }
+        report.acked_ids.extend(r.acked);
+    }
+    report.acked = report.acked_ids.len() as u64;
+    report.throughput = if measured_secs > 0.0 {
+        measured_ok as f64 / measured_secs
+    } else {
+        0.0
+    };
+    let ms = |us: u64| us as f64 / 1_000.0;
+    if !hist.is_empty() {
+        report.p50_ms = ms(hist.value_at_quantile(0.50));
+        report.p90_ms = ms(hist.value_at_quantile(0.90));
+        report.p99_ms = ms(hist.value_at_quantile(0.99));
+        report.p999_ms = ms(hist.value_at_quantile(0.999));
+        report.max_ms = ms(hist.max());
+        report.mean_ms = hist.mean() / 1_000.0;
+    }
+    Ok(report)
+}
+
+fn mix_label(mix: &[Source]) -> String {
+    Source::ALL
+        .iter()
+        .filter_map(|s| {
+            let n = mix.iter().filter(|m| *m == s).count();
+            (n > 0).then(|| format!("{s}={n}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Report {
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let rate = self.target_rate.map_or_else(
+            || "closed loop".to_owned(),
+            |r| format!("open loop at {r:.0}/s"),
+        );
+        out.push_str(&format!(
+            "{} connections, {rate}, mix {}\n",
+            self.connections, self.mix
+        ));
+        out.push_str(&format!(
+            "sent {}  acknowledged {}  duplicates {}  non-2xx {}  errors {}\n",
+            self.sent, self.ok, self.duplicates, self.non_2xx, self.errors
+        ));
+        if self.non_2xx > 0 {
+            let by: Vec<String> = self
+                .status
+                .iter()
+                .filter(|(s, _)| !s.starts_with('2'))
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect();
+            out.push_str(&format!("  non-2xx by status: {}\n", by.join(", ")));
+        }
+        if self.errors > 0 {
+            let by: Vec<String> = self
+                .error_kinds
+                .iter()
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect();
+            out.push_str(&format!("  errors by kind: {}\n", by.join(", ")));
+        }
+        out.push_str(&format!(
+            "throughput {:.1} acks/s over {:.2} s\n",
+            self.throughput, self.measured_secs
+        ));
+        out.push_str(&format!(
+            "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}\n",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.mean_ms
+        ));
+        if self.target_rate.is_some() {
+            out.push_str(&format!(
+                "late sends (>1 ms behind schedule): {}\n",
+                self.late_sends
+            ));
+        }
+        if self.checked {
+            out.push_str(&format!(
+                "durability: {} acknowledged, {} found in events, missing = {}\n",
+                self.acked, self.found, self.missing
+            ));
+        } else {
+            out.push_str("durability: not checked (no DATABASE_URL)\n");
+        }
+        out
+    }
+}
