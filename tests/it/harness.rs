@@ -324,10 +324,19 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(pool: &PgPool, extra: &[(&str, &str)]) -> Process {
+        Self::spawn_with(pool, extra, std::process::Command::new(hookd_bin()))
+    }
+
+    /// Like [`Process::spawn`], with `command` as the program that ends up running
+    /// `hookd serve` (a wrapper that execs it, say); the environment is set here.
+    pub fn spawn_with(
+        pool: &PgPool,
+        extra: &[(&str, &str)],
+        mut command: std::process::Command,
+    ) -> Process {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("hookd-it-{}-{port}.log", std::process::id()));
         let public = telnyx::PublicKey::from_signing_key(&telnyx_key()).to_base64();
-        let mut command = std::process::Command::new(hookd_bin());
         command
             .arg("serve")
             .env_clear()

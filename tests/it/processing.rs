@@ -534,6 +534,7 @@ async fn a_redelivered_event_applies_once(pool: PgPool) {
         &pool,
         "SELECT count(*) FROM events WHERE state = 'succeeded'",
         1,
+        SOON,
     )
     .await;
     assert_eq!(hookd.custom("msg_once", &body).await.1["duplicate"], true);
@@ -541,22 +542,6 @@ async fn a_redelivered_event_applies_once(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM audit_logs").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 1);
     hookd.stop().await;
-}
-
-/// Polls until `sql` returns `want`, for tests that watch a running hookd.
-pub async fn wait_for(pool: &PgPool, sql: &str, want: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = count(pool, sql).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql}: {got}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

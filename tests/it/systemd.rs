@@ -434,28 +434,19 @@ impl Drop for NotifySocket {
 /// exports its own pid and execs hookd, so that pid is hookd's). Otherwise like
 /// [`Process::spawn`].
 fn spawn_as_systemd_would(pool: &PgPool, notify_socket: &str, watchdog_usec: &str) -> Process {
-    let port = free_port();
-    let log = std::env::temp_dir().join(format!("hookd-it-{}-{port}.log", std::process::id()));
-    let public = hookd::verify::telnyx::PublicKey::from_signing_key(&telnyx_key()).to_base64();
-    let child = Command::new("/bin/sh")
-        .args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" serve"])
-        .arg(hookd_bin())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url(pool))
-        .env("HOOKD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
-        .env("TELNYX_PUBLIC_KEY", public)
-        .env("CUSTOM_WEBHOOK_SECRET", CUSTOM_SECRET)
-        .env("HOOKD_POLL_INTERVAL_MS", "200")
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_SOCKET", notify_socket)
-        .env("WATCHDOG_USEC", watchdog_usec)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn hookd");
-    Process { child, port, log }
+    let mut shell = Command::new("/bin/sh");
+    // `serve` follows as "$1" once Process::spawn_with appends it.
+    shell
+        .args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$1\""])
+        .arg(hookd_bin());
+    Process::spawn_with(
+        pool,
+        &[
+            ("NOTIFY_SOCKET", notify_socket),
+            ("WATCHDOG_USEC", watchdog_usec),
+        ],
+        shell,
+    )
 }
 
 /// The test database starts empty: `hookd serve` applies the migrations itself, before READY=1.
