@@ -2,7 +2,9 @@
 //! Each `#[sqlx::test]` gets a private database with the migrations applied.
 
 mod admin;
+mod badinput;
 mod dlq;
+mod faults;
 mod forward;
 mod harness;
 mod ingest;

@@ -15,6 +15,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("body exceeds the {0}-byte limit")]
     TooLarge(usize),
+    #[error("request body not received within {0} s")]
+    Timeout(u64),
     #[error("missing bearer token")]
     Unauthorized,
     #[error("invalid token")]
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

@@ -2,6 +2,7 @@
 //! lives in `verify`, storage in `common::db`; handlers here only connect them.
 
 mod admin;
+mod body;
 mod error;
 mod rate_limit;
 mod server;
@@ -19,9 +20,6 @@ pub use error::ApiError;
 pub use rate_limit::RateLimit;
 pub use server::serve;
 
-use std::time::Duration;
-
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -29,9 +27,6 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::verify::{standard, telnyx};
 use crate::worker::Heartbeat;
-
-/// A webhook body must arrive within this once its headers have.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every request handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -94,8 +89,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/telnyx/webhook", post(webhooks::telnyx))
         .route("/api/custom/webhook", post(webhooks::custom))
         .layer(DefaultBodyLimit::max(body_limit))
-        // A sender that trickles its body is cut off rather than holding a connection.
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::read_whole,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,

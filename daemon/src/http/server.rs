@@ -28,6 +28,9 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The buffer bound only applies while the head is incomplete; this one also to a
+        // complete head that arrived in one large read.
+        .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_HEADER_BYTES);
     loop {
         let (stream, peer) = tokio::select! {
