@@ -284,18 +284,18 @@ pub fn dev_secrets() -> String {
     let mut rng = rand::thread_rng();
     let signing = ed25519_dalek::SigningKey::generate(&mut rng);
     let public = telnyx::PublicKey::from_signing_key(&signing);
-    let custom = BASE64.encode(rng.r#gen::<[u8; 24]>());
-    let forward = BASE64.encode(rng.r#gen::<[u8; 24]>());
     format!(
         "export STRIPE_WEBHOOK_SECRET=whsec_{stripe}\n\
          export TELNYX_PUBLIC_KEY={public}\n\
          export TELNYX_SIGNING_KEY={seed}\n\
-         export CUSTOM_WEBHOOK_SECRET=whsec_{custom}\n\
-         export HOOKD_FORWARD_SECRET=whsec_{forward}\n\
+         export CUSTOM_WEBHOOK_SECRET={custom}\n\
+         export HOOKD_FORWARD_SECRET={forward}\n\
          export HOOKD_ADMIN_TOKEN={admin}\n",
         stripe = token(32),
         public = public.to_base64(),
         seed = BASE64.encode(signing.to_bytes()),
+        custom = standard::Secret::generate().to_whsec(),
+        forward = standard::Secret::generate().to_whsec(),
         admin = token(40),
     )
 }

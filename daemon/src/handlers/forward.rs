@@ -47,14 +47,6 @@ impl Forwarder {
         })
     }
 
-    pub fn disabled() -> Self {
-        Forwarder {
-            client: reqwest::Client::new(),
-            urls: HashMap::new(),
-            secret: None,
-        }
-    }
-
     pub fn forwards(&self, source: Source) -> bool {
         self.urls.contains_key(&source)
     }

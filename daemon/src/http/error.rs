@@ -30,8 +30,6 @@ pub enum ApiError {
     /// or an operator's request could not be served.
     #[error("database unavailable")]
     Unavailable(#[from] sqlx::Error),
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
 }
 
 impl ApiError {
@@ -46,17 +44,14 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self {
-            ApiError::Unavailable(e) => tracing::error!(error = %e, "database unavailable"),
-            ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
-            _ => {}
+        if let ApiError::Unavailable(e) = &self {
+            tracing::error!(error = %e, "database unavailable");
         }
         let message = match &self {
             ApiError::Unavailable(_) => "database unavailable, retry later".to_owned(),
