@@ -72,6 +72,9 @@ pub struct Report {
     /// Acknowledged requests per second, after the warm-up.
     pub throughput: f64,
     pub late_sends: u64,
+    /// CPU seconds this load generator used while sending (it shares the machine with hookd
+    /// and PostgreSQL); null where /proc is not available.
+    pub client_cpu_secs: Option<f64>,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -184,6 +187,11 @@ async fn task(
     let end = plan.duration.map(|d| start + d);
     let measure_from = start + plan.warmup;
     let mut sender: Option<Sender> = None;
+    // Every task starts together, with its connection already open.
+    if let Ok(Ok(s)) = tokio::time::timeout(plan.timeout, connect(&plan)).await {
+        sender = Some(s);
+    }
+    tokio::time::sleep_until(start).await;
     loop {
         if stop.is_cancelled() {
             break;
@@ -259,10 +267,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot connect to hookd at {}", plan.addr))?;
 
+    let cpu_before = cpu_secs();
     let plan = Arc::new(plan);
     let generator = Arc::new(generator);
     let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now() + Duration::from_millis(20);
+    // Time for every task to connect before the clock starts.
+    let start = Instant::now() + Duration::from_millis(200);
     let tasks: Vec<_> = (0..plan.connections)
         .map(|_| {
             tokio::spawn(task(
@@ -279,6 +289,9 @@ pub async fn run(
         results.push(t.await.context("load task panicked")?);
     }
     let finished = Instant::now();
+    let client_cpu_secs = cpu_secs()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let measure_from = start + plan.warmup;
     let measured_secs = finished
         .checked_duration_since(measure_from)
@@ -305,6 +318,7 @@ pub async fn run(
         error_kinds: BTreeMap::new(),
         throughput: 0.0,
         late_sends: 0,
+        client_cpu_secs,
         p50_ms: 0.0,
         p90_ms: 0.0,
         p99_ms: 0.0,
@@ -354,6 +368,18 @@ pub async fn run(
         report.mean_ms = hist.mean() / 1_000.0;
     }
     Ok(report)
+}
+
+/// User plus system CPU time of this process so far (Linux: /proc/self/stat, in clock ticks of
+/// 1/100 s, the value on every mainstream Linux platform).
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 fn mix_label(mix: &[Source]) -> String {
@@ -407,6 +433,12 @@ impl Report {
             "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}\n",
             self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.mean_ms
         ));
+        if let Some(cpu) = self.client_cpu_secs {
+            out.push_str(&format!(
+                "load generator CPU: {cpu:.1} s ({:.2} cores)\n",
+                cpu / self.measured_secs.max(0.001)
+            ));
+        }
         if self.target_rate.is_some() {
             out.push_str(&format!(
                 "late sends (>1 ms behind schedule): {}\n",
