@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::MIGRATOR;
-use hookd::verify::telnyx;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -27,39 +26,21 @@ const ADMIN_TOKEN: &str = "faults-admin-token";
 // ------------------------------------------------------------------ processes ----
 
 /// Starts the real hookd against `database_url` on `port` (the same port across restarts,
-/// as senders keep one URL), like `Process::spawn` but for any database URL.
+/// as senders keep one URL), with the admin token, no rate limit (the load comes from one
+/// address) and short leases (a killed process's leases come back quickly).
 fn spawn_hookd(database_url: &str, port: u16, extra: &[(&str, &str)]) -> Process {
-    static GENERATION: AtomicU64 = AtomicU64::new(0);
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    let log = std::env::temp_dir().join(format!(
-        "hookd-faults-{}-{port}-{generation}.log",
-        std::process::id()
-    ));
-    let public = telnyx::PublicKey::from_signing_key(&telnyx_key()).to_base64();
-    let mut command = std::process::Command::new(hookd_bin());
-    command
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("HOOKD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
-        .env("TELNYX_PUBLIC_KEY", public)
-        .env("CUSTOM_WEBHOOK_SECRET", CUSTOM_SECRET)
-        .env("HOOKD_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("HOOKD_POLL_INTERVAL_MS", "200")
-        // The load comes from one address at hundreds of requests per second.
-        .env("HOOKD_RATE_LIMIT", "off")
-        // A killed process's leases come back quickly.
-        .env("HOOKD_LEASE_SECS", "2")
-        .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::inherit());
-    for (k, v) in extra {
-        command.env(k, v);
-    }
-    let child = command.spawn().expect("spawn hookd");
-    Process { child, port, log }
+    let mut env = vec![
+        ("HOOKD_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("HOOKD_RATE_LIMIT", "off"),
+        ("HOOKD_LEASE_SECS", "2"),
+    ];
+    env.extend_from_slice(extra);
+    Process::spawn_at(
+        database_url,
+        port,
+        &env,
+        std::process::Command::new(hookd_bin()),
+    )
 }
 
 fn sigkill(process: &mut Process) {

@@ -332,16 +332,31 @@ impl Process {
     pub fn spawn_with(
         pool: &PgPool,
         extra: &[(&str, &str)],
+        command: std::process::Command,
+    ) -> Process {
+        Self::spawn_at(&database_url(pool), free_port(), extra, command)
+    }
+
+    /// The most general start: any database URL, and a chosen port (a restarted hookd keeps
+    /// its senders' URL).
+    pub fn spawn_at(
+        database_url: &str,
+        port: u16,
+        extra: &[(&str, &str)],
         mut command: std::process::Command,
     ) -> Process {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("hookd-it-{}-{port}.log", std::process::id()));
+        static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "hookd-it-{}-{port}-{start}.log",
+            std::process::id()
+        ));
         let public = telnyx::PublicKey::from_signing_key(&telnyx_key()).to_base64();
         command
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database_url(pool))
+            .env("DATABASE_URL", database_url)
             .env("HOOKD_LISTEN", format!("127.0.0.1:{port}"))
             .env("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
             .env("TELNYX_PUBLIC_KEY", public)
