@@ -27,7 +27,9 @@ pub enum Applied {
 }
 
 /// Locks the business a Stripe event is about and returns its id and the `created` of the
-/// newest state applied to it.
+/// newest state applied to it. `NO KEY UPDATE` because no key changes: a plain `FOR UPDATE`
+/// conflicts with the `KEY SHARE` locks that other workers' inserts into `audit_logs` and
+/// `call_logs` take through their foreign keys, and the two deadlocked under mixed load.
 async fn lock_stripe_business(
     conn: &mut PgConnection,
     customer_id: Option<&str>,
@@ -39,7 +41,7 @@ async fn lock_stripe_business(
             OR ($1::text IS NULL AND stripe_subscription_id = $2)
          ORDER BY stripe_customer_id = $1 DESC NULLS LAST
          LIMIT 1
-         FOR UPDATE",
+         FOR NO KEY UPDATE",
     )
     .bind(customer_id)
     .bind(subscription_id)
