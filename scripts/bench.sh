@@ -656,7 +656,7 @@ seed_history() {
         echo "    count(*) FILTER (WHERE st = 'dead')"
         echo "FROM ($(hist_rows "$from" "$to" "$every" "$retry")) s"
         echo "GROUP BY 1, 2, 3"
-        echo "ON CONFLICT (bucket, source, event_type) DO UPDATE SET"
+        echo "ON CONFLICT (bucket, source, event_type, shard) DO UPDATE SET"
         echo "    received = stats_minute.received + EXCLUDED.received,"
         echo "    succeeded = stats_minute.succeeded + EXCLUDED.succeeded,"
         echo "    skipped = stats_minute.skipped + EXCLUDED.skipped,"

@@ -9,6 +9,8 @@ use common::db::events::{self, Inserted, NewEvent};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::announce::Announcer;
+
 /// Most events in one statement: bounds the statement size and the damage of a failed batch.
 const MAX_BATCH: usize = 256;
 /// Batches being written at once. While they are in flight, new requests queue up and form
@@ -29,10 +31,11 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Starts the batcher. It stops when every handle is dropped.
-    pub fn start(pool: PgPool) -> Self {
+    /// Starts the batcher; `announcer` hears of every commit that stored something. It stops
+    /// when every handle is dropped.
+    pub fn start(pool: PgPool, announcer: Arc<Announcer>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(pool, queue));
+        tokio::spawn(gather(pool, announcer, queue));
         Ingest { jobs }
     }
 
@@ -47,7 +50,7 @@ impl Ingest {
     }
 }
 
-async fn gather(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
+async fn gather(pool: PgPool, announcer: Arc<Announcer>, mut queue: mpsc::Receiver<Job>) {
     let writers = Arc::new(Semaphore::new(WRITERS));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -60,27 +63,37 @@ async fn gather(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
         }
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let pool = pool.clone();
+        let announcer = announcer.clone();
         tokio::spawn(async move {
-            write(&pool, jobs).await;
+            if write(&pool, jobs).await {
+                announcer.new_events();
+            }
             drop(permit);
         });
     }
 }
 
-async fn write(pool: &PgPool, jobs: Vec<Job>) {
+/// Stores the batch and answers each request. Returns whether anything new was stored.
+async fn write(pool: &PgPool, jobs: Vec<Job>) -> bool {
     let (events, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.event, j.reply)).unzip();
     match events::insert_many(pool, &events).await {
         Ok(results) => {
+            let stored = results.iter().any(|r| matches!(r, Inserted::New(_)));
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }
+            stored
         }
         // One payload PostgreSQL refuses fails the whole statement: store the others one by
         // one, so only the bad one is refused.
         Err(e) if events::is_payload_rejected(&e) && events.len() > 1 => {
+            let mut stored = false;
             for (reply, event) in replies.into_iter().zip(&events) {
-                let _ = reply.send(events::insert(pool, event).await);
+                let result = events::insert(pool, event).await;
+                stored |= matches!(result, Ok(Inserted::New(_)));
+                let _ = reply.send(result);
             }
+            stored
         }
         // Nothing was committed: every request in the batch fails and its sender retries.
         Err(e) => {
@@ -92,6 +105,7 @@ async fn write(pool: &PgPool, jobs: Vec<Job>) {
             for reply in replies {
                 let _ = reply.send(Err(sqlx::Error::Protocol(message.clone())));
             }
+            false
         }
     }
 }

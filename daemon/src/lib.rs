@@ -4,6 +4,7 @@
 //! `main.rs` only parses the command line and configuration; everything else is here so tests
 //! can run the real server in-process.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod handlers;
@@ -23,12 +24,12 @@ use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use http::{AppState, app};
 
+use crate::announce::Announcer;
 use crate::handlers::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::worker::{RetryPolicy, Worker, WorkerConfig};
@@ -87,21 +88,30 @@ async fn migrate_when_reachable(
 
 /// Per-minute counters older than this are deleted.
 const KEEP_COUNTERS: chrono::Duration = chrono::Duration::days(35);
+/// Counter shards of minutes older than this are folded together; nothing writes to them.
+const SETTLED_COUNTERS: chrono::Duration = chrono::Duration::minutes(2);
 
-/// Keeps the dashboard counters from growing without bound. Any number of hookd processes may
-/// run this; deleting what is already gone is harmless.
-async fn prune_counters(pool: PgPool, shutdown: CancellationToken) {
-    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+/// Keeps the dashboard counters small: folds the shards of past minutes every few minutes and
+/// deletes old minutes every hour. Any number of hookd processes may run this at once.
+async fn maintain_counters(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    let mut rounds = 0u64;
     loop {
         tokio::select! {
-            _ = hourly.tick() => {}
+            _ = every.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        match common::db::stats::prune(&pool, KEEP_COUNTERS).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "pruned old dashboard counters"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune dashboard counters"),
+        if let Err(e) = common::db::stats::compact(&pool, SETTLED_COUNTERS).await {
+            tracing::warn!(error = %e, "cannot compact dashboard counters");
         }
+        if rounds.is_multiple_of(12) {
+            match common::db::stats::prune(&pool, KEEP_COUNTERS).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned old dashboard counters"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune dashboard counters"),
+            }
+        }
+        rounds += 1;
     }
 }
 
@@ -171,18 +181,29 @@ pub async fn run_with_pool(
     let worker = worker(pool.clone(), &config, metrics.clone())?;
     let heartbeat = (config.workers > 0).then(|| worker.heartbeat());
 
-    let wake = Arc::new(Notify::new());
+    let announcer = Arc::new(Announcer::default());
+    tokio::spawn(announcer.clone().run(pool.clone(), shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(worker::listen(pool.clone(), wake.clone(), shutdown.clone()));
+    tasks.spawn(worker::listen(
+        pool.clone(),
+        announcer.workers(),
+        shutdown.clone(),
+    ));
     for _ in 0..config.workers {
-        tasks.spawn(worker.clone().run(wake.clone(), shutdown.clone()));
+        tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
-    tokio::spawn(prune_counters(pool.clone(), shutdown.clone()));
+    tokio::spawn(maintain_counters(pool.clone(), shutdown.clone()));
     if let Some(heartbeat) = heartbeat.clone() {
         tokio::spawn(systemd::watchdog(pool.clone(), heartbeat, shutdown.clone()));
     }
 
-    let app = app(AppState::new(pool.clone(), &config, metrics, heartbeat));
+    let app = app(AppState::new(
+        pool.clone(),
+        &config,
+        metrics,
+        heartbeat,
+        announcer,
+    ));
     let address = listener.local_addr()?;
     tracing::info!(%address, workers = config.workers, "hookd listening");
     systemd::ready(&address.to_string());

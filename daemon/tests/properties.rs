@@ -450,7 +450,13 @@ fn signed_arbitrary_payloads_get_200_or_400_over_real_http() {
     let config = hookd::Config::load(&hookd::config::Sources::new(env).unwrap()).expect("config");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let addr = rt.block_on(async {
-        let state = hookd::AppState::new(scratch.pool.clone(), &config, Arc::default(), None);
+        let state = hookd::AppState::new(
+            scratch.pool.clone(),
+            &config,
+            Arc::default(),
+            None,
+            Arc::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(hookd::http::serve(

@@ -391,3 +391,71 @@ async fn old_dashboard_counters_are_pruned(pool: PgPool) {
     assert_eq!(pruned, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM stats_minute").await, 2);
 }
+
+/// Concurrent writers count into their own shard of a counter row; compaction folds settled
+/// minutes back into one row each without changing any total.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn counter_shards_fold_into_one_row_per_minute_without_changing_totals(pool: PgPool) {
+    // Events stored over several connections land in several shards of this minute's row.
+    let mut stored = 0;
+    for round in 0..4 {
+        let mut connections = Vec::new();
+        for _ in 0..4 {
+            connections.push(pool.acquire().await.unwrap());
+        }
+        for (n, conn) in connections.iter_mut().enumerate() {
+            let body = custom_event("shard.test");
+            let id = format!("msg_{round}_{n}");
+            let event = common::db::events::NewEvent {
+                source: Source::Custom,
+                event_id: common::ProviderEventId::parse(&id).unwrap(),
+                event_type: common::EventType::parse("shard.test").unwrap(),
+                body: body.into_bytes(),
+            };
+            common::db::events::insert(&mut **conn, &event)
+                .await
+                .unwrap();
+            stored += 1;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO stats_minute (bucket, source, event_type, shard, received, succeeded, dead)
+         VALUES (date_trunc('minute', now()) - interval '10 minutes', 'stripe', 'a', 0, 1, 1, 0),
+                (date_trunc('minute', now()) - interval '10 minutes', 'stripe', 'a', 3, 2, 0, 1),
+                (date_trunc('minute', now()) - interval '10 minutes', 'stripe', 'a', 5, 4, 3, 0),
+                (date_trunc('minute', now()) - interval '20 minutes', 'stripe', 'a', 7, 8, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let day = chrono::Duration::days(1);
+    let before = common::db::stats::totals(&pool, day).await.unwrap();
+    assert_eq!(before.received, stored + 15);
+
+    let moved = common::db::stats::compact(&pool, chrono::Duration::minutes(2))
+        .await
+        .unwrap();
+    assert_eq!(moved, 2, "one row per settled minute and type");
+    assert_eq!(common::db::stats::totals(&pool, day).await.unwrap(), before);
+    let settled: Vec<(i16, i64, i64, i64)> = sqlx::query_as(
+        "SELECT shard, received, succeeded, dead FROM stats_minute
+         WHERE source = 'stripe' ORDER BY bucket",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(settled, [(0, 8, 0, 0), (0, 7, 4, 1)]);
+    // This minute is still being written: its shards stay where they are.
+    let live = count(
+        &pool,
+        "SELECT count(*) FROM stats_minute WHERE source = 'custom' AND shard <> 0",
+    )
+    .await;
+    assert!(live >= 1);
+    let by_type = common::db::stats::by_type(&pool, day).await.unwrap();
+    let custom = by_type
+        .iter()
+        .find(|t| t.event_type == "shard.test")
+        .unwrap();
+    assert_eq!(custom.received, stored);
+}

@@ -433,7 +433,13 @@ async fn an_unreachable_database_answers_503() {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(std::time::Duration::from_secs(2))
         .connect_lazy_with(options);
-    let state = hookd::AppState::new(pool, &config(&[]), Default::default(), None);
+    let state = hookd::AppState::new(
+        pool,
+        &config(&[]),
+        Default::default(),
+        None,
+        Default::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = hookd::app(state);
@@ -458,4 +464,41 @@ async fn an_unreachable_database_answers_503() {
         let reply: serde_json::Value = response.json().await.unwrap();
         assert_eq!(reply, json!({"error": "database unavailable, retry later"}));
     }
+}
+
+/// hooktop and other hookd processes LISTEN: a stored event and a processed batch are each
+/// announced after their commit.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn stored_and_processed_events_are_announced_to_listeners(pool: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all([common::EVENTS_CHANNEL, common::PROGRESS_CHANNEL])
+        .await
+        .unwrap();
+    let hookd = Hookd::start(&pool, config(&[])).await;
+    assert_eq!(
+        hookd.custom("msg_announced", &custom_event("x.y")).await,
+        (200, ack())
+    );
+    let mut heard = std::collections::BTreeSet::new();
+    let deadline = std::time::Duration::from_secs(10);
+    while heard.len() < 2 {
+        let note = tokio::time::timeout(deadline, listener.recv())
+            .await
+            .expect("announcements within 10 s")
+            .unwrap();
+        heard.insert(note.channel().to_owned());
+    }
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE state = 'succeeded'"
+        )
+        .await,
+        1,
+        "progress is announced after the batch committed"
+    );
+    hookd.stop().await;
 }

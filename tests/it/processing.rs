@@ -626,3 +626,48 @@ async fn custom_events_are_audited_with_their_business(pool: PgPool) {
         1
     );
 }
+
+/// Handlers run without savepoints until one fails; then the batch is rolled back and run again
+/// with one savepoint per event. Either way each event's effects and attempt are there once.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_handler_failing_mid_batch_leaves_the_others_applied_once(pool: PgPool) {
+    let biz = insert_business(&pool, "Acme", None, None).await;
+    let audited = |n: i64| {
+        json!({"type": "plan.changed", "data": {"business_id": biz, "plan": format!("p{n}")}})
+            .to_string()
+    };
+    let first = store(&pool, Source::Custom, "msg_1", "plan.changed", &audited(1)).await;
+    let orphan = stripe_event(
+        "evt_orphan",
+        "customer.subscription.updated",
+        1_700_000_000,
+        subscription("cus_nobody", "active"),
+    );
+    let failing = store(
+        &pool,
+        Source::Stripe,
+        "evt_orphan",
+        "customer.subscription.updated",
+        &orphan,
+    )
+    .await;
+    let last = store(&pool, Source::Custom, "msg_2", "plan.changed", &audited(2)).await;
+
+    assert_eq!(worker(&pool, &[]).process_batch().await.unwrap(), 3);
+
+    for id in [first, last] {
+        assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 1, None));
+        let audits = format!("SELECT count(*) FROM audit_logs WHERE webhook_id = {id}");
+        assert_eq!(count(&pool, &audits).await, 1);
+    }
+    let (state, attempts, error) = state_of(&pool, failing).await;
+    assert_eq!((state.as_str(), attempts), ("retrying", 1));
+    assert!(error.unwrap().contains("cus_nobody"));
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 3);
+    let outcomes: (i64, i64) =
+        sqlx::query_as("SELECT sum(succeeded)::bigint, sum(failed)::bigint FROM stats_minute")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcomes, (2, 1));
+}

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 
-use crate::{EventType, PROGRESS_CHANNEL, ProviderEventId, Source};
+use crate::{EventType, ProviderEventId, Source};
 
 /// An accepted, verified webhook about to be stored.
 #[derive(Debug, Clone)]
@@ -120,6 +120,20 @@ impl ClaimedEvent {
     pub fn source(&self) -> Source {
         self.source.0
     }
+
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// A worker's hold on an event: the event and the attempt it was claimed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub attempt: i32,
 }
 
 /// Adapter so `FromRow` can parse the text column into a [`Source`].
@@ -298,9 +312,9 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
 
 /// Hands leased events back without counting the attempt, for a worker shutting down before it
 /// started on them.
-pub async fn release(pool: &PgPool, events: &[ClaimedEvent]) -> sqlx::Result<u64> {
-    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-    let attempts: Vec<i32> = events.iter().map(|e| e.attempt).collect();
+pub async fn release(pool: &PgPool, leases: &[Lease]) -> sqlx::Result<u64> {
+    let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+    let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
     let done = sqlx::query(
         "UPDATE events e
          SET state = CASE WHEN e.attempts > 1 THEN 'retrying' ELSE 'pending' END,
@@ -317,12 +331,15 @@ pub async fn release(pool: &PgPool, events: &[ClaimedEvent]) -> sqlx::Result<u64
     Ok(done.rows_affected())
 }
 
-/// Tells listeners (hooktop) that a batch finished. Sent inside the batch's transaction, so it
-/// is delivered only if the batch commits.
-pub async fn notify_progress(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(PROGRESS_CHANNEL)
-        .execute(conn)
+/// Sends an empty notification on each of `channels` (hookd announces commits with these; see
+/// its `announce` module).
+pub async fn notify(pool: &PgPool, channels: &[&str]) -> sqlx::Result<()> {
+    if channels.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify(channel, '') FROM unnest($1::text[]) AS channel")
+        .bind(channels)
+        .execute(pool)
         .await?;
     Ok(())
 }

@@ -26,8 +26,8 @@ pub async fn count_outcomes(conn: &mut PgConnection, outcomes: &[Counted<'_>]) -
     let types: Vec<&str> = outcomes.iter().map(|o| o.event_type).collect();
     let kinds: Vec<&str> = outcomes.iter().map(|o| o.outcome.as_str()).collect();
     sqlx::query(
-        "INSERT INTO stats_minute (bucket, source, event_type, succeeded, skipped, failed, dead)
-         SELECT date_trunc('minute', now()), source, event_type,
+        "INSERT INTO stats_minute (bucket, source, event_type, shard, succeeded, skipped, failed, dead)
+         SELECT date_trunc('minute', now()), source, event_type, hookd_counter_shard(),
                 count(*) FILTER (WHERE outcome = 'succeeded'),
                 count(*) FILTER (WHERE outcome = 'skipped'),
                 count(*) FILTER (WHERE outcome = 'failed'),
@@ -35,7 +35,7 @@ pub async fn count_outcomes(conn: &mut PgConnection, outcomes: &[Counted<'_>]) -
          FROM unnest($1::text[], $2::text[], $3::text[]) AS o(source, event_type, outcome)
          GROUP BY source, event_type
          ORDER BY source, event_type
-         ON CONFLICT (bucket, source, event_type) DO UPDATE SET
+         ON CONFLICT (bucket, source, event_type, shard) DO UPDATE SET
              succeeded = stats_minute.succeeded + EXCLUDED.succeeded,
              skipped = stats_minute.skipped + EXCLUDED.skipped,
              failed = stats_minute.failed + EXCLUDED.failed,
@@ -199,6 +199,35 @@ pub async fn by_type(pool: &PgPool, window: chrono::Duration) -> sqlx::Result<Ve
     .bind(window.as_seconds_f64())
     .fetch_all(pool)
     .await
+}
+
+/// Folds the per-connection shards of minutes older than `settled` into shard 0, so readers
+/// sum about one row per minute and type. Safe with concurrent writers and compactors: a
+/// shard row is moved by exactly one of them, and one that appears later is still summed.
+pub async fn compact(pool: &PgPool, settled: chrono::Duration) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "WITH moved AS (
+             DELETE FROM stats_minute
+             WHERE shard <> 0 AND bucket < now() - make_interval(secs => $1)
+             RETURNING bucket, source, event_type, received, succeeded, skipped, failed, dead
+         )
+         INSERT INTO stats_minute AS s
+                (bucket, source, event_type, shard, received, succeeded, skipped, failed, dead)
+         SELECT bucket, source, event_type, 0, sum(received), sum(succeeded), sum(skipped),
+                sum(failed), sum(dead)
+         FROM moved
+         GROUP BY bucket, source, event_type
+         ON CONFLICT (bucket, source, event_type, shard) DO UPDATE SET
+             received = s.received + EXCLUDED.received,
+             succeeded = s.succeeded + EXCLUDED.succeeded,
+             skipped = s.skipped + EXCLUDED.skipped,
+             failed = s.failed + EXCLUDED.failed,
+             dead = s.dead + EXCLUDED.dead",
+    )
+    .bind(settled.as_seconds_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Drops counters older than `keep`; dashboards look back a day, analytics a little further.

@@ -23,6 +23,7 @@ pub use server::serve;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::announce::Announcer;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::verify::{standard, telnyx};
@@ -48,16 +49,18 @@ struct Inner {
 }
 
 impl AppState {
-    /// `heartbeat` is the workers' (none when this process runs no workers).
+    /// `heartbeat` is the workers' (none when this process runs no workers); `announcer`
+    /// hears of every stored event.
     pub fn new(
         pool: PgPool,
         config: &crate::Config,
         metrics: Arc<Metrics>,
         heartbeat: Option<Heartbeat>,
+        announcer: Arc<Announcer>,
     ) -> Self {
         AppState {
             inner: Arc::new(Inner {
-                ingest: Ingest::start(pool.clone()),
+                ingest: Ingest::start(pool.clone(), announcer),
                 pool,
                 stripe_secret: config.stripe_secret.clone(),
                 telnyx_public_key: config.telnyx_public_key.clone(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent};
+use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent, Lease};
 use common::db::stats;
 use common::{EVENTS_CHANNEL, State};
 use sqlx::{PgConnection, PgPool};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use retry::RetryPolicy;
 
+use crate::announce::Announcer;
 use crate::handlers::forward::{Delivery, Forwarder};
 use crate::handlers::{self, HandlerError, Outcome};
 use crate::metrics::Metrics;
@@ -75,7 +76,7 @@ pub struct Worker {
     /// Events this process leased and has not committed, shared by the worker's clones, so a
     /// shutdown that gives up on its batches can hand them back at once instead of leaving them
     /// until their leases run out.
-    in_flight: Arc<Mutex<HashMap<i64, ClaimedEvent>>>,
+    in_flight: Arc<Mutex<HashMap<i64, i32>>>,
 }
 
 /// Why an attempt failed, and what the attempt history should keep of it.
@@ -118,28 +119,48 @@ impl Worker {
             return Ok(0);
         }
         self.lock_in_flight()
-            .extend(claimed.iter().map(|e| (e.id, e.clone())));
+            .extend(claimed.iter().map(|e| (e.id, e.attempt)));
         // Deliveries go out before the transaction opens, so no row lock waits on the network.
         let deliveries =
             futures::future::join_all(claimed.iter().map(|event| self.forwarder.deliver(event)))
                 .await;
-        let result = self.complete(&claimed, &deliveries).await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, events = claimed.len(), "batch failed, releasing leases");
-            release(&self.pool, &claimed).await;
-        }
+        let leases: Vec<Lease> = claimed.iter().map(ClaimedEvent::lease).collect();
+        let result = match self.complete(&claimed, &deliveries, Isolation::Batch).await {
+            Err(Retry::HandlerFailed) => {
+                self.complete(&claimed, &deliveries, Isolation::Event).await
+            }
+            other => other,
+        };
+        let result = match result {
+            Ok(records) => {
+                self.report(&claimed, &records);
+                Ok(claimed.len())
+            }
+            Err(e) => {
+                let e = e.into_sqlx();
+                tracing::warn!(error = %e, events = claimed.len(), "batch failed, releasing leases");
+                release(&self.pool, &leases).await;
+                Err(e)
+            }
+        };
         let mut in_flight = self.lock_in_flight();
-        for event in &claimed {
-            in_flight.remove(&event.id);
+        for lease in &leases {
+            in_flight.remove(&lease.id);
         }
-        result.map(|()| claimed.len())
+        result
     }
 
-    async fn complete(
+    /// Runs the batch's attempts in one transaction and commits them with the events' new
+    /// states. In `Isolation::Batch` the handlers write straight into the transaction, and
+    /// the first handler that fails sends the whole batch back to be run again in
+    /// `Isolation::Event`, where each attempt has a savepoint that undoes its writes alone.
+    /// Failures are rare; savepoints for every event would cost two round trips each.
+    async fn complete<'d>(
         &self,
         claimed: &[ClaimedEvent],
-        deliveries: &[Option<Delivery>],
-    ) -> sqlx::Result<()> {
+        deliveries: &'d [Option<Delivery>],
+        isolation: Isolation,
+    ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
         let mut tx = self.pool.begin().await?;
         let held = events::lock_leased(&mut tx, claimed).await?;
         let mut records = Vec::with_capacity(claimed.len());
@@ -152,7 +173,9 @@ impl Worker {
                 );
                 continue;
             }
-            let record = self.attempt(&mut tx, event, delivery.as_ref()).await?;
+            let record = self
+                .attempt(&mut tx, event, delivery.as_ref(), isolation)
+                .await?;
             counted.push(stats::Counted {
                 source: event.source(),
                 event_type: &event.event_type,
@@ -162,28 +185,38 @@ impl Worker {
         }
         events::complete(&mut tx, &records).await?;
         stats::count_outcomes(&mut tx, &counted).await?;
-        events::notify_progress(&mut tx).await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(records)
     }
 
-    /// Runs one attempt in a savepoint of the batch's transaction, so a failing handler undoes
-    /// its own writes and nothing else, and says what became of it.
+    /// Runs one attempt in the batch's transaction and says what became of it.
     async fn attempt<'d>(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         event: &ClaimedEvent,
         delivery: Option<&'d Delivery>,
-    ) -> sqlx::Result<AttemptRecord<'d>> {
+        isolation: Isolation,
+    ) -> Result<AttemptRecord<'d>, Retry> {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-        let result = attempt(
-            &mut savepoint,
-            event,
-            delivery,
-            self.config.policy.max_attempts,
-        )
-        .await;
+        let max_attempts = self.config.policy.max_attempts;
+        let result = match precondition(event, delivery, max_attempts) {
+            Err(failure) => Err(failure),
+            Ok(()) if isolation == Isolation::Batch => match apply(tx, event, delivery).await {
+                Err(_) => return Err(Retry::HandlerFailed),
+                ok => ok,
+            },
+            Ok(()) => {
+                let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+                let result = apply(&mut savepoint, event, delivery).await;
+                if result.is_ok() {
+                    savepoint.commit().await?;
+                } else {
+                    savepoint.rollback().await?;
+                }
+                result
+            }
+        };
         let mut record = AttemptRecord {
             event_id: event.id,
             attempt: event.attempt,
@@ -196,14 +229,9 @@ impl Worker {
             response_body: delivery.and_then(|d| d.response.as_deref()),
         };
         match result {
-            Ok(state) => {
-                savepoint.commit().await?;
-                if state == State::Skipped {
-                    record.outcome = AttemptOutcome::Skipped;
-                }
-            }
+            Ok(State::Skipped) => record.outcome = AttemptOutcome::Skipped,
+            Ok(_) => {}
             Err(failure) => {
-                savepoint.rollback().await?;
                 let delay = if failure.permanent {
                     None
                 } else {
@@ -222,24 +250,36 @@ impl Worker {
             }
         }
         record.duration = clock.elapsed();
-        self.metrics
-            .processed(event.source(), record.outcome.as_str(), record.duration);
-        if let Some(error) = &record.error {
-            tracing::warn!(
-                event = event.id, source = %event.source(), event_type = event.event_type,
-                attempt = event.attempt, outcome = record.outcome.as_str(),
-                retry_at = ?record.retry_at, error, "event failed"
-            );
-        } else {
-            tracing::info!(
-                event = event.id, source = %event.source(), event_type = event.event_type,
-                attempt = event.attempt, outcome = record.outcome.as_str(), "event processed"
-            );
-        }
         Ok(record)
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ClaimedEvent>> {
+    /// Metrics and one log line per attempt, once the batch is committed.
+    fn report(&self, claimed: &[ClaimedEvent], records: &[AttemptRecord<'_>]) {
+        let mut records = records.iter().peekable();
+        for event in claimed {
+            let Some(record) = records.next_if(|r| r.event_id == event.id) else {
+                continue;
+            };
+            let outcome = record.outcome.as_str();
+            self.metrics
+                .processed(event.source(), outcome, record.duration);
+            if let Some(error) = &record.error {
+                tracing::warn!(
+                    event = event.id, source = %event.source(), event_type = event.event_type,
+                    attempt = event.attempt, outcome, retry_at = ?record.retry_at, error,
+                    "event failed"
+                );
+            } else {
+                tracing::info!(
+                    event = event.id, source = %event.source(), event_type = event.event_type,
+                    attempt = event.attempt, outcome, "event processed"
+                );
+            }
+        }
+    }
+
+    /// Leases by event id.
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i32>> {
         // A poisoned map still holds whole entries; nothing in it can be half-updated.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -247,20 +287,30 @@ impl Worker {
     /// Hands back every event this process holds, without counting the attempt. Only for
     /// after the workers have been stopped.
     pub async fn release_in_flight(&self) {
-        let held: Vec<_> = self.lock_in_flight().drain().map(|(_, e)| e).collect();
+        let held: Vec<Lease> = self
+            .lock_in_flight()
+            .drain()
+            .map(|(id, attempt)| Lease { id, attempt })
+            .collect();
         release(&self.pool, &held).await;
     }
 
-    /// Processes until `shutdown`, sleeping between batches until woken by `wake` (new work
-    /// announced), the next scheduled retry, or the poll interval, whichever comes first.
-    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+    /// Processes until `shutdown`, sleeping between batches until woken (new work announced),
+    /// the next scheduled retry, or the poll interval, whichever comes first. Each batch that
+    /// commits is announced.
+    pub async fn run(self, announcer: Arc<Announcer>, shutdown: CancellationToken) {
+        let wake = announcer.workers();
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             // Registered before the batch, so a wake-up during it is not lost.
             let woken = wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let pause = match self.process_batch().await {
+            let processed = self.process_batch().await;
+            if matches!(processed, Ok(n) if n > 0) {
+                announcer.progress();
+            }
+            let pause = match processed {
                 Ok(n) if n as i64 >= self.config.batch_size => continue,
                 Ok(_) => self.idle_time().await,
                 Err(e) => {
@@ -288,7 +338,7 @@ impl Worker {
     }
 }
 
-async fn release(pool: &PgPool, held: &[ClaimedEvent]) {
+async fn release(pool: &PgPool, held: &[Lease]) {
     if held.is_empty() {
         return;
     }
@@ -298,13 +348,13 @@ async fn release(pool: &PgPool, held: &[ClaimedEvent]) {
     }
 }
 
-/// Runs one attempt inside the event's savepoint and says which state it ends in.
-async fn attempt(
-    conn: &mut PgConnection,
+/// What fails an attempt before any handler runs: an event whose earlier attempts never
+/// completed too often, or a forward that failed.
+fn precondition(
     event: &ClaimedEvent,
     delivery: Option<&Delivery>,
     max_attempts: u32,
-) -> Result<State, Failure> {
+) -> Result<(), Failure> {
     if i64::from(event.attempt) > i64::from(max_attempts) {
         // Earlier leases ran out without a result: a worker keeps dying on this event.
         return Err(Failure {
@@ -321,6 +371,15 @@ async fn attempt(
             permanent: false,
         });
     }
+    Ok(())
+}
+
+/// Runs the event's handler and says which state the event ends in.
+async fn apply(
+    conn: &mut PgConnection,
+    event: &ClaimedEvent,
+    delivery: Option<&Delivery>,
+) -> Result<State, Failure> {
     match handlers::apply(conn, event).await {
         Ok(Outcome::Applied) => Ok(State::Succeeded),
         Ok(Outcome::Unhandled) if delivery.is_some() => Ok(State::Succeeded),
@@ -333,6 +392,39 @@ async fn attempt(
             message: e.to_string(),
             permanent: false,
         }),
+    }
+}
+
+/// How the attempts of a batch are kept apart; see [`Worker::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    Batch,
+    Event,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug)]
+enum Retry {
+    /// A handler failed in `Isolation::Batch`: run the batch again, event by event.
+    HandlerFailed,
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Retry {
+    fn from(e: sqlx::Error) -> Self {
+        Retry::Database(e)
+    }
+}
+
+impl Retry {
+    fn into_sqlx(self) -> sqlx::Error {
+        match self {
+            Retry::Database(e) => e,
+            // Only `Isolation::Batch` reports this, and its batch is always run again.
+            Retry::HandlerFailed => {
+                sqlx::Error::Protocol("handler failed in a shared batch".into())
+            }
+        }
     }
 }
 
