@@ -131,21 +131,8 @@ pub async fn apply_invoice(
     Ok(Applied::Updated { business_id })
 }
 
-pub async fn business_by_phone(conn: &mut PgConnection, phone: &str) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("SELECT id FROM businesses WHERE phone_number = $1")
-        .bind(phone)
-        .fetch_optional(conn)
-        .await
-}
-
-/// `id` if such a business exists.
-pub async fn existing(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("SELECT id FROM businesses WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await
-}
-
+/// Adds an audit entry. `business_id` is kept only if that business exists: a sender may
+/// name one that is gone, and the entry is worth keeping anyway.
 pub async fn insert_audit(
     conn: &mut PgConnection,
     business_id: Option<i64>,
@@ -156,7 +143,7 @@ pub async fn insert_audit(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO audit_logs (business_id, webhook_id, source, action, details)
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ((SELECT id FROM businesses WHERE id = $1), $2, $3, $4, $5)",
     )
     .bind(business_id)
     .bind(webhook_id)
@@ -173,7 +160,8 @@ pub async fn insert_audit(
 #[derive(Debug, Clone)]
 pub struct CallEvent<'a> {
     pub call_control_id: &'a str,
-    pub business_id: Option<i64>,
+    /// The number of the business the call belongs to, if it is one of ours.
+    pub business_phone: Option<&'a str>,
     pub direction: Option<&'a str>,
     pub from_number: Option<&'a str>,
     pub to_number: Option<&'a str>,
@@ -189,7 +177,8 @@ pub async fn upsert_call(conn: &mut PgConnection, call: &CallEvent<'_>) -> sqlx:
     sqlx::query(
         "INSERT INTO call_logs (call_control_id, business_id, direction, from_number, to_number,
                                 stage, status, started_at, answered_at, ended_at, hangup_cause)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         VALUES ($1, (SELECT id FROM businesses WHERE phone_number = $2),
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (call_control_id) DO UPDATE SET
              business_id  = COALESCE(call_logs.business_id, EXCLUDED.business_id),
              direction    = COALESCE(call_logs.direction, EXCLUDED.direction),
@@ -205,7 +194,7 @@ pub async fn upsert_call(conn: &mut PgConnection, call: &CallEvent<'_>) -> sqlx:
              updated_at = now()",
     )
     .bind(call.call_control_id)
-    .bind(call.business_id)
+    .bind(call.business_phone)
     .bind(call.direction)
     .bind(call.from_number)
     .bind(call.to_number)
@@ -224,7 +213,8 @@ pub async fn upsert_call(conn: &mut PgConnection, call: &CallEvent<'_>) -> sqlx:
 #[derive(Debug, Clone)]
 pub struct MessageEvent<'a> {
     pub message_id: &'a str,
-    pub business_id: Option<i64>,
+    /// The number of the business the message belongs to, if it is one of ours.
+    pub business_phone: Option<&'a str>,
     pub direction: Option<&'a str>,
     pub from_number: Option<&'a str>,
     pub to_number: Option<&'a str>,
@@ -239,7 +229,8 @@ pub async fn upsert_message(conn: &mut PgConnection, msg: &MessageEvent<'_>) -> 
     sqlx::query(
         "INSERT INTO sms_logs (message_id, business_id, direction, from_number, to_number, body,
                                stage, status, sent_at, completed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         VALUES ($1, (SELECT id FROM businesses WHERE phone_number = $2),
+                 $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (message_id) DO UPDATE SET
              business_id  = COALESCE(sms_logs.business_id, EXCLUDED.business_id),
              direction    = COALESCE(sms_logs.direction, EXCLUDED.direction),
@@ -254,7 +245,7 @@ pub async fn upsert_message(conn: &mut PgConnection, msg: &MessageEvent<'_>) -> 
              updated_at = now()",
     )
     .bind(msg.message_id)
-    .bind(msg.business_id)
+    .bind(msg.business_phone)
     .bind(msg.direction)
     .bind(msg.from_number)
     .bind(msg.to_number)

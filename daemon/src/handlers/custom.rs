@@ -18,10 +18,6 @@ pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outc
         "webhook_id": event.event_id,
         "data": event.payload.get("data"),
     });
-    let business_id = match business_id {
-        Some(id) => business::existing(conn, id).await?,
-        None => None,
-    };
     business::insert_audit(
         conn,
         business_id,

@@ -19,18 +19,15 @@ pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outc
     }
 }
 
-/// The business a call or message belongs to: the one whose number it reached (or, outbound,
-/// left from). None is fine: the log row is kept without a business.
-async fn business_for(
-    conn: &mut PgConnection,
+/// The number that names the business a call or message belongs to: the one it reached (or,
+/// outbound, left from). A number that is not a business's is fine: the log row is kept
+/// without one.
+fn business_phone<'a>(
     inbound: bool,
-    from: Option<&str>,
-    to: Option<&str>,
-) -> Result<Option<i64>, HandlerError> {
-    match if inbound { to } else { from } {
-        Some(number) => Ok(business::business_by_phone(conn, number).await?),
-        None => Ok(None),
-    }
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+) -> Option<&'a str> {
+    if inbound { to } else { from }
 }
 
 async fn call(
@@ -43,10 +40,9 @@ async fn call(
     let direction = fields.opt_str("/data/payload/direction");
     let from = fields.opt_str("/data/payload/from");
     let to = fields.opt_str("/data/payload/to");
-    let business_id = business_for(conn, direction != Some("outgoing"), from, to).await?;
     let mut row = CallEvent {
         call_control_id,
-        business_id,
+        business_phone: business_phone(direction != Some("outgoing"), from, to),
         direction,
         from_number: from,
         to_number: to,
@@ -88,7 +84,6 @@ async fn message(
     let direction = fields.opt_str("/data/payload/direction");
     let from = fields.opt_str("/data/payload/from/phone_number");
     let to = fields.opt_str("/data/payload/to/0/phone_number");
-    let business_id = business_for(conn, direction != Some("outbound"), from, to).await?;
     let (stage, status) = match kind {
         "message.received" => (1, "received"),
         "message.sent" => (1, "sent"),
@@ -102,7 +97,7 @@ async fn message(
     };
     let row = MessageEvent {
         message_id,
-        business_id,
+        business_phone: business_phone(direction != Some("outbound"), from, to),
         direction,
         from_number: from,
         to_number: to,
