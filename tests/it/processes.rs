@@ -110,6 +110,7 @@ async fn sigterm_drains_and_exits_cleanly(pool: PgPool) {
     let mut hookd = Process::spawn(&pool, &[("HOOKD_SHUTDOWN_TIMEOUT_SECS", "10")])
         .ready()
         .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while count(
         &pool,
         "SELECT count(*) FROM events WHERE state = 'succeeded'",
@@ -117,6 +118,10 @@ async fn sigterm_drains_and_exits_cleanly(pool: PgPool) {
     .await
         == 0
     {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing processed within 2 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     hookd.signal("TERM");
