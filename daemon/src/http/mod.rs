@@ -115,8 +115,10 @@ pub fn app(state: AppState) -> Router {
         ))
         // Admin requests are small JSON documents.
         .layer(DefaultBodyLimit::max(64 * 1024));
+    // Webhook routes log one line per delivery themselves (accepted, rejected, rate limited,
+    // unavailable) with the event's id; a generic line and span for each would only double
+    // the cost of logging on the hot path.
     Router::new()
-        .merge(webhooks)
         .merge(admin)
         .route("/api/webhooks/health", get(admin::health))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -126,5 +128,6 @@ pub fn app(state: AppState) -> Router {
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        .merge(webhooks)
         .with_state(state)
 }

@@ -131,8 +131,12 @@ impl<'a> Delivery<'a> {
         } else {
             metrics.received(self.source, event_type);
         }
-        metrics.ingest_latency(self.source, self.started.elapsed());
-        tracing::info!(source = %self.source, event_id, event_type, duplicate, "webhook accepted");
+        let latency = self.started.elapsed();
+        metrics.ingest_latency(self.source, latency);
+        tracing::info!(
+            source = %self.source, event_id, event_type, duplicate,
+            latency_ms = latency.as_secs_f64() * 1e3, "webhook accepted"
+        );
         Ok(Json(Ack {
             received: true,
             duplicate,
