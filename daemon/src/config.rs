@@ -262,7 +262,7 @@ impl Config {
                 ));
             }
         };
-        let workers: usize = sources.positive("HOOKD_WORKERS", 2)?;
+        let workers: usize = sources.positive("HOOKD_WORKERS", 4)?;
         let config = Config {
             database_url: database_url(sources)?,
             listen,
