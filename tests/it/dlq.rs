@@ -196,4 +196,10 @@ async fn the_runbook_sql_keeps_working(pool: PgPool) {
         [1, 2, 3],
         "the succeeded event is not in the DLQ view and stays"
     );
+    let attempts: Vec<i64> =
+        sqlx::query_scalar("SELECT DISTINCT event_id FROM event_attempts ORDER BY event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, [1, 2, 3], "history goes with the events");
 }
