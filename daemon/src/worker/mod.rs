@@ -1,6 +1,6 @@
 //! Processing: workers claim due events in batches, run the handlers and the forward, and
-//! record each attempt. A batch commits once; each event runs in its own savepoint, so one bad
-//! event never undoes the others.
+//! record each attempt. A batch commits once. One bad event never undoes the others: a batch
+//! in which a handler fails is run again with a savepoint per event.
 
 mod retry;
 
