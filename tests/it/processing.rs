@@ -671,3 +671,62 @@ async fn a_handler_failing_mid_batch_leaves_the_others_applied_once(pool: PgPool
             .unwrap();
     assert_eq!(outcomes, (2, 1));
 }
+
+/// A batch takes its rows' locks in key order, not arrival order: a batch that holds one
+/// business can never wait for a second while someone holding the second waits for the first.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_batch_locks_businesses_in_key_order_so_batches_cannot_deadlock(pool: PgPool) {
+    let a = insert_business(&pool, "A", Some("cus_a"), None).await;
+    let b = insert_business(&pool, "B", Some("cus_b"), None).await;
+    // B's event arrives first.
+    for (id, customer) in [("evt_b", "cus_b"), ("evt_a", "cus_a")] {
+        let body = stripe_event(
+            id,
+            "customer.subscription.updated",
+            1_700_000_000,
+            subscription(customer, "active"),
+        );
+        store(
+            &pool,
+            Source::Stripe,
+            id,
+            "customer.subscription.updated",
+            &body,
+        )
+        .await;
+    }
+    // Someone else holds A, as another batch would.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM businesses WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(a)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let worker = worker(&pool, &[]);
+    let batch = tokio::spawn(async move { worker.process_batch().await });
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%FROM businesses%'",
+        1,
+        SOON,
+    )
+    .await;
+    // The worker waits for A without holding B, so the other side can take B at once.
+    sqlx::query("SELECT 1 FROM businesses WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(b)
+        .execute(&mut *other)
+        .await
+        .expect("B is free while the batch waits for A");
+    other.commit().await.unwrap();
+    assert_eq!(batch.await.unwrap().unwrap(), 2);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE state = 'succeeded'"
+        )
+        .await,
+        2
+    );
+}

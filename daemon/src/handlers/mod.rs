@@ -39,6 +39,23 @@ pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outc
     }
 }
 
+/// The key of the row the event's handler will lock (a Stripe customer, a Telnyx call or
+/// message). Workers apply a batch in this order, so two batches that touch the same rows lock
+/// them in the same order and cannot deadlock. Order within a batch changes no outcome:
+/// Stripe state is ordered by `created` and Telnyx rows converge in any order.
+pub fn lock_key(event: &ClaimedEvent) -> Option<&str> {
+    let fields = Fields(&event.payload);
+    match event.source() {
+        Source::Stripe => fields
+            .opt_str("/data/object/customer")
+            .or_else(|| fields.opt_str("/data/object/subscription")),
+        Source::Telnyx => fields
+            .opt_str("/data/payload/call_control_id")
+            .or_else(|| fields.opt_str("/data/payload/id")),
+        Source::Custom => None,
+    }
+}
+
 /// Reading payload fields. A required field that is absent is a permanent failure that names
 /// the field, so the dead-letter entry says exactly what the sender left out.
 struct Fields<'a>(&'a Value);

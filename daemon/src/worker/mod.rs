@@ -113,11 +113,12 @@ impl Worker {
 
     /// Claims one batch of due events and processes it. Returns how many were claimed.
     pub async fn process_batch(&self) -> sqlx::Result<usize> {
-        let claimed =
+        let mut claimed =
             events::claim_due(&self.pool, self.config.batch_size, self.config.lease).await?;
         if claimed.is_empty() {
             return Ok(0);
         }
+        claimed.sort_by(|a, b| handlers::lock_key(a).cmp(&handlers::lock_key(b)));
         self.lock_in_flight()
             .extend(claimed.iter().map(|e| (e.id, e.attempt)));
         // Deliveries go out before the transaction opens, so no row lock waits on the network.
