@@ -39,20 +39,28 @@ pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outc
     }
 }
 
-/// The key of the row the event's handler will lock (a Stripe customer, a Telnyx call or
-/// message). Workers apply a batch in this order, so two batches that touch the same rows lock
-/// them in the same order and cannot deadlock. Order within a batch changes no outcome:
-/// Stripe state is ordered by `created` and Telnyx rows converge in any order.
-pub fn lock_key(event: &ClaimedEvent) -> Option<&str> {
+/// Where the event goes in its batch: by the key of the row its handler will lock (a Telnyx
+/// call or message, a Stripe customer), Stripe last. Two batches that touch the same rows thus
+/// lock them in the same order and cannot deadlock, and the business rows, which every
+/// worker's Stripe events contend for, are locked last and held the shortest time before the
+/// commit. Order within a batch changes no outcome: Stripe state is ordered by `created` and
+/// Telnyx rows converge in any order.
+pub fn batch_order(event: &ClaimedEvent) -> (u8, Option<&str>) {
     let fields = Fields(&event.payload);
     match event.source() {
-        Source::Stripe => fields
-            .opt_str("/data/object/customer")
-            .or_else(|| fields.opt_str("/data/object/subscription")),
-        Source::Telnyx => fields
-            .opt_str("/data/payload/call_control_id")
-            .or_else(|| fields.opt_str("/data/payload/id")),
-        Source::Custom => None,
+        Source::Custom => (0, None),
+        Source::Telnyx => (
+            1,
+            fields
+                .opt_str("/data/payload/call_control_id")
+                .or_else(|| fields.opt_str("/data/payload/id")),
+        ),
+        Source::Stripe => (
+            2,
+            fields
+                .opt_str("/data/object/customer")
+                .or_else(|| fields.opt_str("/data/object/subscription")),
+        ),
     }
 }
 

@@ -118,7 +118,7 @@ impl Worker {
         if claimed.is_empty() {
             return Ok(0);
         }
-        claimed.sort_by(|a, b| handlers::lock_key(a).cmp(&handlers::lock_key(b)));
+        claimed.sort_by(|a, b| handlers::batch_order(a).cmp(&handlers::batch_order(b)));
         self.lock_in_flight()
             .extend(claimed.iter().map(|e| (e.id, e.attempt)));
         // Deliveries go out before the transaction opens, so no row lock waits on the network.
