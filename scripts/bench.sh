@@ -3,7 +3,7 @@
 # run on a fresh, private, DURABLE PostgreSQL cluster (fsync=on, synchronous_commit=on).
 #
 # Usage:
-#   ./scripts/bench.sh                 # everything, 3 runs per figure (~15-20 min on 2 cores)
+#   ./scripts/bench.sh                 # everything, 3 runs per figure (15-25 min on 2 cores)
 #   ./scripts/bench.sh --quick         # smoke check: 1 run, small sizes (~3 min)
 #   ./scripts/bench.sh --runs 5 -c 64  # more runs, other concurrency
 #   ./scripts/bench.sh --only pgbench,ingest,half   # a subset of the stages
