@@ -119,6 +119,8 @@ fi
 # tooling never looks at it; the run below reuses these artifacts.
 heading "Build tests: ${cargo_test[*]} --no-run"
 "${cargo_test[@]}" --no-run
+# The executables the process tests spawn: built here, not on both cores mid-suite.
+cargo build --workspace --bins --locked
 
 if [[ -n $own_db ]]; then
     heading "Start throwaway PostgreSQL cluster"

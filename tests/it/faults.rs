@@ -846,7 +846,7 @@ async fn database_outage_scenario(cycles: usize, down_for: Duration) {
         );
     }
     for r in &recoveries {
-        assert!(*r < Duration::from_secs(10), "recovery took {r:?}");
+        assert!(*r < Duration::from_secs(20), "recovery took {r:?}");
     }
     hookd.signal("TERM");
     let status = hookd.exit_within(Duration::from_secs(30)).await;
@@ -997,10 +997,34 @@ async fn an_exhausted_pool_answers_503_and_recovers(pool: PgPool) {
     // process comes for the same events: whichever way it goes (they are skipped while the
     // blocked transaction holds them, or taken over and the late completion fenced off),
     // each event's effect must happen once.
+    // Once both workers wait on the lock (the pool has run dry), a probe webhook must get
+    // 503; the lock is held until it has its answer, however slow the machine is.
     let mut blocked_workers = 0;
     let mut rescuer = None;
-    while locked_at.elapsed() < Duration::from_secs(7) {
-        if rescuer.is_none() && locked_at.elapsed() > Duration::from_millis(2500) {
+    let mut exhausted_probe: Option<tokio::task::JoinHandle<Option<u16>>> = None;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    while locked_at.elapsed() < Duration::from_secs(7)
+        || exhausted_probe.as_ref().is_some_and(|p| !p.is_finished())
+    {
+        assert!(
+            locked_at.elapsed() < Duration::from_secs(60),
+            "the pool never ran dry ({blocked_workers} blocked)"
+        );
+        if exhausted_probe.is_none() && blocked_workers >= 2 {
+            let client = client.clone();
+            exhausted_probe = Some(tokio::spawn(async move {
+                probe(&client, port, "exhausted").await
+            }));
+        }
+        // The rescuer's workers would block too: start it only once the probe is out, so
+        // the count above is this hookd's alone.
+        if rescuer.is_none()
+            && exhausted_probe.is_some()
+            && locked_at.elapsed() > Duration::from_millis(2500)
+        {
             rescuer = Some(
                 spawn_hookd(&url, free_port(), &[("HOOKD_BATCH_SIZE", "20")])
                     .ready()
@@ -1018,6 +1042,10 @@ async fn an_exhausted_pool_answers_503_and_recovers(pool: PgPool) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let exhausted_probe = exhausted_probe
+        .expect("both workers blocked")
+        .await
+        .unwrap();
     lock.commit().await.unwrap();
     let unlocked_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1044,6 +1072,10 @@ async fn an_exhausted_pool_answers_503_and_recovers(pool: PgPool) {
             ),
             ("workers_blocked", blocked_workers.to_string()),
             ("statuses_while_locked", statuses(&during)),
+            (
+                "probe_while_dry",
+                exhausted_probe.map_or("none".to_owned(), |s| s.to_string()),
+            ),
             ("slowest_answer_ms", slowest.as_millis().to_string()),
             ("late_completions_fenced", lease_lost.to_string()),
             ("statuses", statuses(&sent)),
@@ -1051,9 +1083,10 @@ async fn an_exhausted_pool_answers_503_and_recovers(pool: PgPool) {
     );
     assert!(settled);
     assert!(blocked_workers > 0, "the lock blocked no worker");
-    assert!(
-        during.iter().any(|s| s.status == Some(503)),
-        "the pool was never exhausted: {}",
+    assert_eq!(
+        exhausted_probe,
+        Some(503),
+        "a webhook sent while the pool was dry: {}",
         statuses(&during)
     );
     assert!(
@@ -1235,8 +1268,10 @@ async fn retry_storm_scenario(pool: PgPool, failing: usize, base_ms: u64) {
         dead_with_six as usize, failing,
         "each failing event tried 6 times"
     );
+    // Locally p99 is ~100 ms. The bound leaves room for a slow shared CI machine while
+    // still failing if the storm held ingest up behind the pool (3 s acquire timeouts).
     assert!(
-        p99 < Duration::from_millis(250),
+        p99 < Duration::from_secs(1),
         "ingest p99 {p99:?} during the retry storm"
     );
     // Backoff: attempt n waits at least half its nominal delay (base doubling), and the
@@ -1404,10 +1439,12 @@ async fn sigterm_under_load_finishes_or_releases_and_exits_in_time(pool: PgPool)
     );
     assert!(settled);
     assert!(exit_a.success(), "A: {exit_a}");
-    assert!(took_a < Duration::from_secs(5 + 2), "A took {took_a:?}");
+    // The drain bound plus room for a slow machine to close the pool and exit.
+    assert!(took_a < Duration::from_secs(5 + 6), "A took {took_a:?}");
     assert_eq!(leased_after_a, 0, "A left leases behind");
     assert!(exit_b.success(), "B: {exit_b}");
-    assert!(took_b < Duration::from_secs(2 + 3), "B took {took_b:?}");
+    // Its bound plus the same room: far below the 60 s the hung forward would take.
+    assert!(took_b < Duration::from_secs(2 + 6), "B took {took_b:?}");
     assert!(held_by_b > 0);
     assert_eq!(leased_after_b, 0, "B's leases were not released");
     assert!(released >= 1, "B did not hand its leases back");

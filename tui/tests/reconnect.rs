@@ -78,14 +78,17 @@ async fn an_outage_is_reported_with_its_start_and_recovered_from(pool: PgPool) {
 
     let before = chrono::Utc::now();
     let port = proxy.cut().await;
-    let first_since = match next_state(&mut actions_rx).await {
-        Action::DbDown { since, error } => {
+    // A refresh that finished just before the cut may still report a snapshot.
+    let mut first_since = None;
+    for _ in 0..3 {
+        if let Action::DbDown { since, error } = next_state(&mut actions_rx).await {
             assert!(!error.is_empty());
             assert!(!error.contains("postgres://"), "no URL on screen: {error}");
-            since
+            first_since = Some(since);
+            break;
         }
-        other => panic!("expected the outage, got {other:?}"),
-    };
+    }
+    let first_since = first_since.expect("the outage is reported");
     // A refresh already under way when the proxy was cut may be the first to fail.
     assert!(first_since >= before - chrono::TimeDelta::seconds(5));
     assert!(first_since <= chrono::Utc::now());
@@ -124,6 +127,20 @@ async fn snapshots_within(
     n
 }
 
+/// Waits (up to 10 s) for one snapshot, then counts those that follow within `quiet`.
+async fn one_snapshot_then(
+    actions: &mut mpsc::UnboundedReceiver<Action>,
+    quiet: Duration,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(action)) = tokio::time::timeout_at(deadline, actions.recv()).await {
+        if matches!(action, Action::Snapshot(_)) {
+            return snapshots_within(actions, quiet).await;
+        }
+    }
+    panic!("no refresh within 10 s");
+}
+
 #[sqlx::test(migrator = "common::MIGRATOR")]
 async fn notifications_drive_refreshes_and_bursts_are_coalesced(pool: PgPool) {
     let (_commands, commands_rx) = mpsc::unbounded_channel();
@@ -139,6 +156,23 @@ async fn notifications_drive_refreshes_and_bursts_are_coalesced(pool: PgPool) {
         next_state(&mut actions_rx).await,
         Action::Snapshot(_)
     ));
+    // Notifications sent before the data task listens are lost: wait until it does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data task never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Settle: the listener's own (re)connection asks for one refresh too.
     snapshots_within(&mut actions_rx, Duration::from_millis(700)).await;
 
@@ -154,28 +188,37 @@ async fn notifications_drive_refreshes_and_bursts_are_coalesced(pool: PgPool) {
     };
     notify(common::PROGRESS_CHANNEL).await;
     assert_eq!(
-        snapshots_within(&mut actions_rx, Duration::from_millis(700)).await,
-        1,
+        one_snapshot_then(&mut actions_rx, Duration::from_millis(700)).await,
+        0,
         "a progress notification refreshes once"
     );
     notify(common::EVENTS_CHANNEL).await;
     assert_eq!(
-        snapshots_within(&mut actions_rx, Duration::from_millis(700)).await,
-        1,
+        one_snapshot_then(&mut actions_rx, Duration::from_millis(700)).await,
+        0,
         "so does a new-events notification"
     );
 
-    // 50 notifications in separate transactions over about a second.
+    // 50 notifications in separate transactions over about a second (or longer on a busy
+    // machine: the bound follows the burst's real length).
+    let started = std::time::Instant::now();
     let burst = async {
         for _ in 0..50 {
             notify(common::PROGRESS_CHANNEL).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        started.elapsed()
     };
-    let (n, ()) = tokio::join!(
+    let (n, took) = tokio::join!(
         snapshots_within(&mut actions_rx, Duration::from_millis(1_500)),
         burst
     );
-    assert!((2..=7).contains(&n), "about 4 refreshes a second, got {n}");
+    let n = n + snapshots_within(&mut actions_rx, Duration::from_millis(700)).await;
+    // At most one refresh per 250 ms gap, plus the one in flight at each end.
+    let most = (took.max(Duration::from_millis(1_500)).as_millis() / 250) as usize + 2;
+    assert!(
+        (2..=most).contains(&n),
+        "about 4 refreshes a second, got {n} over {took:?}"
+    );
     task.abort();
 }
