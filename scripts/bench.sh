@@ -19,7 +19,7 @@
 #   --purge-rate R      open-loop ingest rate while purging, req/s (default 200)
 #   --mix M             loadgen source mix (default stripe=1,telnyx=1,custom=1)
 #   --drain-mix M       backlog source mix (default telnyx=1,custom=1)
-#   --only LIST         stages: pgbench,ingest,half,drain,refresh,purge (default all)
+#   --only LIST         stages: pgbench,ingest,half,receive,drain,refresh,purge (default all)
 #   --diagnose          also load pg_stat_statements and sample wait events during ingest
 #                       (small overhead; output in the run directory)
 #   --no-build          use the binaries already in target/release
@@ -33,6 +33,8 @@
 #     loadgen with C keep-alive connections, closed loop: sustained acks/s, latency, ratio to 1.
 #     Then open loop at half the measured rate: latency (target p99 <= 20 ms).
 #     loadgen checks that every acknowledged event is in the database (missing must be 0).
+#   2c receive: the same closed loop against a receive-only hookd (HOOKD_WORKERS=0), which
+#     only verifies and stores, as pgbench only inserts: ingest without processing beside it.
 #   3 drain: a backlog of N pending events (built-in handlers do real work), hookd started,
 #     timed until nothing is pending/retrying/processing; ratio to 1 (target >= 0.6).
 #   4 refresh: hooktop's refresh (`hooktop --bench-refresh`, the dashboard's own code) at each
@@ -337,7 +339,7 @@ pgb_tps=- pgb_p50=- pgb_p99=- pgb_events_tps=- ing_rate=- ing_p50=- ing_p99=- in
 ing_non2xx=- half_rate=- half_p50=- half_p99=- half_max=- half_missing=- drain_rate=- drain_failed=-
 hookd_hwm=- drain_hwm=- hooktop_hwm=- purge_s=- purge_p99=- purge_max=- purge_non2xx=-
 declare -A refresh_ms=()
-ing_ratio_l=() drain_ratio_l=()
+ing_ratio_l=() drain_ratio_l=() recv_ratio_l=() recv_rate=- recv_p99=- recv_missing=-
 
 # ---------------------------------------------------------------- 1 pgbench ----
 
@@ -443,7 +445,7 @@ sample_waits() { # sample_waits DB FILE: wait events of hookd's backends every 1
 
 # ingest_run KIND R ARGS...: one measured loadgen run against a fresh hookd on a fresh database
 # (so no run inherits the previous one's backlog); sets run_json, run_cpu; adds to the totals.
-ing_failed=- ing_deadlocks=- hookd_hwm_max=0
+ing_failed=- ing_deadlocks=- hookd_hwm_max=0 hookd_env=()
 ingest_run() {
     local kind=$1 r=$2 h0 snap0 t0 waits_pid='' hwm
     shift 2
@@ -451,7 +453,7 @@ ingest_run() {
     fresh_db bench_ingest
     [[ -z $diagnose ]] || q bench_ingest "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
     checkpoint
-    start_hookd bench_ingest "$out/hookd-$kind-$r.log"
+    start_hookd bench_ingest "$out/hookd-$kind-$r.log" "${hookd_env[@]}"
     if [[ -n $diagnose && $r == 1 ]]; then
         sample_waits bench_ingest "$out/$kind-waits.txt" &
         waits_pid=$!
@@ -531,6 +533,30 @@ if stage ingest || stage half; then
         half_missing=$(printf '%s\n' "${miss_l[@]}" | awk '{ s += $1 } END { print s }')
         say "  median p99 $(fmt "$half_p99" 2) ms at $(fmt "$half_rate") acks/s"
     fi
+    q postgres "DROP DATABASE IF EXISTS bench_ingest WITH (FORCE)" >/dev/null
+fi
+
+if stage receive; then
+    heading "2c. receive-only hookd (HOOKD_WORKERS=0): $conc connections, closed loop, mix $mix"
+    rate_l=() p99_l=() miss_l=()
+    hookd_env=(HOOKD_WORKERS=0)
+    for ((r = 1; r <= runs; r++)); do
+        if stage pgbench; then pgbench_once "before receive-only run $r"; fi
+        ingest_run receive "$r"
+        say "  run $r: $(describe_loadgen "$run_json")"
+        say "         $run_cpu"
+        if stage pgbench; then
+            recv_ratio_l+=("$(calc "$(jnum "$run_json" throughput) / $pgb_last")")
+            say "         ratio to the baseline run just before: $(fmt "${recv_ratio_l[-1]}" 2)"
+        fi
+        rate_l+=("$(jnum "$run_json" throughput)")
+        p99_l+=("$(jnum "$run_json" p99_ms)")
+        miss_l+=("$(jnum "$run_json" missing)")
+    done
+    hookd_env=()
+    recv_rate=$(median "${rate_l[@]}") recv_p99=$(median "${p99_l[@]}")
+    recv_missing=$(printf '%s\n' "${miss_l[@]}" | awk '{ s += $1 } END { print s }')
+    say "  median: $(fmt "$recv_rate") acks/s, p99 $(fmt "$recv_p99" 2) ms"
     q postgres "DROP DATABASE IF EXISTS bench_ingest WITH (FORCE)" >/dev/null
 fi
 
@@ -835,6 +861,8 @@ ing_ratio=$(ratio "$ing_rate" "$pgb_tps")
 drain_ratio=$(ratio "$drain_rate" "$pgb_tps")
 if ((${#ing_ratio_l[@]} > 0)); then ing_ratio=$(median "${ing_ratio_l[@]}"); fi
 if ((${#drain_ratio_l[@]} > 0)); then drain_ratio=$(median "${drain_ratio_l[@]}"); fi
+recv_ratio=$(ratio "$recv_rate" "$pgb_tps")
+if ((${#recv_ratio_l[@]} > 0)); then recv_ratio=$(median "${recv_ratio_l[@]}"); fi
 first=${history_sizes[0]:-} last=${history_sizes[${#history_sizes[@]} - 1]:-}
 r_first=${refresh_ms[$first]:--} r_last=${refresh_ms[$last]:--}
 flat=$(ratio "$r_last" "$r_first")
@@ -853,6 +881,9 @@ hookd_mib=$(mib "${hookd_hwm/-/}") drain_mib=$(mib "${drain_hwm/-/}") hooktop_mi
     printf '| hookd ingest at half that rate, open loop | p99 **%s ms** (p50 %s ms, max %s ms) at %s acks/s | p99 <= 20 ms | %s |\n' \
         "$(fmt "$half_p99" 2)" "$(fmt "$half_p50" 2)" "$(fmt "$half_max" 1)" "$(fmt "$half_rate")" \
         "$(verdict "$half_p99" '<=' 20)"
+    printf '| receive-only hookd (HOOKD_WORKERS=0), closed loop | %s acks/s = **%s x** baseline (p99 %s ms; missing %s) | >= 1.2 x | %s |\n' \
+        "$(fmt "$recv_rate")" "$(fmt "$recv_ratio" 2)" "$(fmt "$recv_p99" 2)" "$recv_missing" \
+        "$(verdict "$recv_ratio" '>=' 1.2)"
     printf '| non-2xx answers + errors at full load (all runs) | %s | 0 | %s |\n' \
         "$ing_non2xx" "$(verdict "$ing_non2xx" '==' 0)"
     printf '| acknowledged but not stored (all ingest runs) | %s | 0 | %s |\n' \

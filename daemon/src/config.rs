@@ -262,7 +262,8 @@ impl Config {
                 ));
             }
         };
-        let workers: usize = sources.positive("HOOKD_WORKERS", 4)?;
+        // 0 makes a receive-only instance: it stores events, other instances process them.
+        let workers: usize = sources.parsed("HOOKD_WORKERS", 4, "a whole number")?;
         let config = Config {
             database_url: database_url(sources)?,
             listen,

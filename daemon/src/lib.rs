@@ -184,18 +184,22 @@ pub async fn run_with_pool(
     let announcer = Arc::new(Announcer::default());
     tokio::spawn(announcer.clone().run(pool.clone(), shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(worker::listen(
-        pool.clone(),
-        announcer.workers(),
-        shutdown.clone(),
-    ));
+    if config.workers > 0 {
+        tasks.spawn(worker::listen(
+            pool.clone(),
+            announcer.workers(),
+            shutdown.clone(),
+        ));
+    }
     for _ in 0..config.workers {
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
     tokio::spawn(maintain_counters(pool.clone(), shutdown.clone()));
-    if let Some(heartbeat) = heartbeat.clone() {
-        tokio::spawn(systemd::watchdog(pool.clone(), heartbeat, shutdown.clone()));
-    }
+    tokio::spawn(systemd::watchdog(
+        pool.clone(),
+        heartbeat.clone(),
+        shutdown.clone(),
+    ));
 
     let app = app(AppState::new(
         pool.clone(),

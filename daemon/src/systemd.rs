@@ -44,11 +44,11 @@ pub fn watchdog_interval() -> Option<Duration> {
     (for_us && usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Pings the watchdog at half its interval while the workers come round their loop: a wedged
-/// hookd stops pinging and systemd restarts it. A database outage does not stop the pings,
+/// Pings the watchdog at half its interval while the workers (if this process runs any) come
+/// round their loop: a wedged hookd stops pinging and systemd restarts it. A database outage does not stop the pings,
 /// since a restart cannot cure it and hookd already answers 503 meanwhile; it shows in the
 /// status line instead.
-pub async fn watchdog(pool: PgPool, heartbeat: Heartbeat, shutdown: CancellationToken) {
+pub async fn watchdog(pool: PgPool, heartbeat: Option<Heartbeat>, shutdown: CancellationToken) {
     let Some(interval) = watchdog_interval() else {
         return;
     };
@@ -59,7 +59,7 @@ pub async fn watchdog(pool: PgPool, heartbeat: Heartbeat, shutdown: Cancellation
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if heartbeat.alive() {
+        if heartbeat.as_ref().is_none_or(Heartbeat::alive) {
             notify(&[NotifyState::Watchdog]);
         } else {
             tracing::error!("workers stopped coming round their loop; withholding watchdog ping");

@@ -365,3 +365,53 @@ async fn hookd_send_delivers_signed_samples_a_running_hookd_accepts(pool: PgPool
     )
     .await;
 }
+
+/// `HOOKD_WORKERS=0` makes a receive-only instance: it verifies, stores and acknowledges, is
+/// healthy, and leaves the processing to instances with workers.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_receive_only_instance_stores_and_another_processes(pool: PgPool) {
+    let mut receiver = Process::spawn(&pool, &[("HOOKD_WORKERS", "0")])
+        .ready()
+        .await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let id = format!("recv-{i}");
+        let body = custom_event("user.signed_up");
+        let mut request = client
+            .post(format!("http://127.0.0.1:{}{CUSTOM_PATH}", receiver.port))
+            .body(body.clone());
+        for (name, value) in custom_headers(&id, &body, now()) {
+            request = request.header(name, value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200);
+    }
+    let health = client
+        .get(format!(
+            "http://127.0.0.1:{}/api/webhooks/health",
+            receiver.port
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "a receive-only instance is healthy");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM events WHERE state = 'pending'").await,
+        20,
+        "nothing was processed by the receiver"
+    );
+
+    let mut processor = Process::spawn(&pool, &[]).ready().await;
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        20,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(count(&pool, EXACTLY_ONCE).await, 20);
+    for process in [&mut receiver, &mut processor] {
+        process.signal("TERM");
+        assert!(process.exit_within(Duration::from_secs(30)).await.success());
+    }
+}
