@@ -339,7 +339,7 @@ pgb_tps=- pgb_p50=- pgb_p99=- pgb_events_tps=- ing_rate=- ing_p50=- ing_p99=- in
 ing_non2xx=- half_rate=- half_p50=- half_p99=- half_max=- half_missing=- drain_rate=- drain_failed=-
 hookd_hwm=- drain_hwm=- hooktop_hwm=- purge_s=- purge_p99=- purge_max=- purge_non2xx=-
 declare -A refresh_ms=()
-ing_ratio_l=() drain_ratio_l=() recv_ratio_l=() recv_rate=- recv_p99=- recv_missing=-
+ing_ratio_l=() drain_ratio_l=() recv_ratio_l=() ratio_l=() recv_rate=- recv_p99=- recv_missing=-
 
 # ---------------------------------------------------------------- 1 pgbench ----
 
@@ -485,27 +485,34 @@ ingest_run() {
     run_cpu+="; workers: $failed failed attempts ($deadlocks deadlocks), $backlog events still queued"
 }
 
+# closed_loop_runs KIND LABEL: $runs closed-loop runs of `ingest_run KIND`, each after its own
+# pgbench pair when that stage runs. Fills rate_l p50_l p99_l max_l miss_l non_l and ratio_l.
+closed_loop_runs() {
+    local kind=$1 label=$2 r
+    rate_l=() p50_l=() p99_l=() max_l=() miss_l=() non_l=() ratio_l=()
+    for ((r = 1; r <= runs; r++)); do
+        if stage pgbench; then pgbench_once "before $label run $r"; fi
+        ingest_run "$kind" "$r"
+        say "  run $r: $(describe_loadgen "$run_json")"
+        say "         $run_cpu"
+        if stage pgbench; then
+            ratio_l+=("$(calc "$(jnum "$run_json" throughput) / $pgb_last")")
+            say "         ratio to the baseline run just before: $(fmt "${ratio_l[-1]}" 2)"
+        fi
+        rate_l+=("$(jnum "$run_json" throughput)")
+        p50_l+=("$(jnum "$run_json" p50_ms)")
+        p99_l+=("$(jnum "$run_json" p99_ms)")
+        max_l+=("$(jnum "$run_json" max_ms)")
+        miss_l+=("$(jnum "$run_json" missing)")
+        non_l+=("$(($(jnum "$run_json" non_2xx) + $(jnum "$run_json" errors)))")
+    done
+}
+
 if stage ingest || stage half; then
     heading "2. hookd ingest: $conc connections, mix $mix, workers on (default), rate limit off"
     if stage ingest; then
-        rate_l=() p50_l=() p99_l=() max_l=() miss_l=() non_l=()
-        ing_ratio_l=()
-        for ((r = 1; r <= runs; r++)); do
-            if stage pgbench; then pgbench_once "before ingest run $r"; fi
-            ingest_run ingest "$r"
-            say "  run $r: $(describe_loadgen "$run_json")"
-            say "         $run_cpu"
-            if stage pgbench; then
-                ing_ratio_l+=("$(calc "$(jnum "$run_json" throughput) / $pgb_last")")
-                say "         ratio to the baseline run just before: $(fmt "${ing_ratio_l[-1]}" 2)"
-            fi
-            rate_l+=("$(jnum "$run_json" throughput)")
-            p50_l+=("$(jnum "$run_json" p50_ms)")
-            p99_l+=("$(jnum "$run_json" p99_ms)")
-            max_l+=("$(jnum "$run_json" max_ms)")
-            miss_l+=("$(jnum "$run_json" missing)")
-            non_l+=("$(($(jnum "$run_json" non_2xx) + $(jnum "$run_json" errors)))")
-        done
+        closed_loop_runs ingest ingest
+        ing_ratio_l=("${ratio_l[@]}")
         hookd_hwm=$hookd_hwm_max
         ing_rate=$(median "${rate_l[@]}") ing_p50=$(median "${p50_l[@]}") ing_p99=$(median "${p99_l[@]}")
         ing_max=$(median "${max_l[@]}")
@@ -538,22 +545,10 @@ fi
 
 if stage receive; then
     heading "2c. receive-only hookd (HOOKD_WORKERS=0): $conc connections, closed loop, mix $mix"
-    rate_l=() p99_l=() miss_l=()
     hookd_env=(HOOKD_WORKERS=0)
-    for ((r = 1; r <= runs; r++)); do
-        if stage pgbench; then pgbench_once "before receive-only run $r"; fi
-        ingest_run receive "$r"
-        say "  run $r: $(describe_loadgen "$run_json")"
-        say "         $run_cpu"
-        if stage pgbench; then
-            recv_ratio_l+=("$(calc "$(jnum "$run_json" throughput) / $pgb_last")")
-            say "         ratio to the baseline run just before: $(fmt "${recv_ratio_l[-1]}" 2)"
-        fi
-        rate_l+=("$(jnum "$run_json" throughput)")
-        p99_l+=("$(jnum "$run_json" p99_ms)")
-        miss_l+=("$(jnum "$run_json" missing)")
-    done
+    closed_loop_runs receive receive-only
     hookd_env=()
+    recv_ratio_l=("${ratio_l[@]}")
     recv_rate=$(median "${rate_l[@]}") recv_p99=$(median "${p99_l[@]}")
     recv_missing=$(printf '%s\n' "${miss_l[@]}" | awk '{ s += $1 } END { print s }')
     say "  median: $(fmt "$recv_rate") acks/s, p99 $(fmt "$recv_p99" 2) ms"
