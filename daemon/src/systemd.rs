@@ -45,9 +45,9 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// Pings the watchdog at half its interval while the workers (if this process runs any) come
-/// round their loop: a wedged hookd stops pinging and systemd restarts it. A database outage does not stop the pings,
-/// since a restart cannot cure it and hookd already answers 503 meanwhile; it shows in the
-/// status line instead.
+/// round their loop: a wedged hookd stops pinging and systemd restarts it. A database outage
+/// does not stop the pings, since a restart cannot cure it and hookd already answers 503
+/// meanwhile; it shows in the status line instead.
 pub async fn watchdog(pool: PgPool, heartbeat: Option<Heartbeat>, shutdown: CancellationToken) {
     let Some(interval) = watchdog_interval() else {
         return;
