@@ -111,6 +111,8 @@ now() { date +%s.%N; }
 # calc EXPR: floating-point arithmetic (awk), printed with up to 6 significant digits.
 calc() { awk "BEGIN { x = $1; printf \"%.6g\\n\", x }"; }
 fmt() { awk -v x="$1" -v d="${2:-1}" 'BEGIN { if (x == "" || x == "-") print "-"; else printf "%.*f\n", d, x }'; }
+# total V...: the sum of the numbers given (empty when none).
+total() { printf '%s\n' "$@" | awk '{ s += $1 } END { print s }'; }
 # median V...: of the numbers given (empty when none).
 median() {
     printf '%s\n' "$@" | grep -E '^-?[0-9.eE+-]+$' | sort -g |
@@ -485,17 +487,20 @@ ingest_run() {
     run_cpu+="; workers: $failed failed attempts ($deadlocks deadlocks), $backlog events still queued"
 }
 
-# closed_loop_runs KIND LABEL: $runs closed-loop runs of `ingest_run KIND`, each after its own
-# pgbench pair when that stage runs. Fills rate_l p50_l p99_l max_l miss_l non_l and ratio_l.
-closed_loop_runs() {
-    local kind=$1 label=$2 r
+# ingest_runs KIND LABEL paired|alone [LOADGEN ARGS...]: $runs runs of `ingest_run KIND`; when
+# paired, each comes after its own pgbench run (if that stage runs) and its ratio to it is kept.
+# Fills rate_l p50_l p99_l max_l miss_l non_l and ratio_l.
+ingest_runs() {
+    local kind=$1 label=$2 paired=$3 r
+    shift 3
     rate_l=() p50_l=() p99_l=() max_l=() miss_l=() non_l=() ratio_l=()
+    if [[ $paired != paired ]] || ! stage pgbench; then paired=''; fi
     for ((r = 1; r <= runs; r++)); do
-        if stage pgbench; then pgbench_once "before $label run $r"; fi
-        ingest_run "$kind" "$r"
+        if [[ -n $paired ]]; then pgbench_once "before $label run $r"; fi
+        ingest_run "$kind" "$r" "$@"
         say "  run $r: $(describe_loadgen "$run_json")"
         say "         $run_cpu"
-        if stage pgbench; then
+        if [[ -n $paired ]]; then
             ratio_l+=("$(calc "$(jnum "$run_json" throughput) / $pgb_last")")
             say "         ratio to the baseline run just before: $(fmt "${ratio_l[-1]}" 2)"
         fi
@@ -511,33 +516,23 @@ closed_loop_runs() {
 if stage ingest || stage half; then
     heading "2. hookd ingest: $conc connections, mix $mix, workers on (default), rate limit off"
     if stage ingest; then
-        closed_loop_runs ingest ingest
+        ingest_runs ingest ingest paired
         ing_ratio_l=("${ratio_l[@]}")
         hookd_hwm=$hookd_hwm_max
         ing_rate=$(median "${rate_l[@]}") ing_p50=$(median "${p50_l[@]}") ing_p99=$(median "${p99_l[@]}")
         ing_max=$(median "${max_l[@]}")
-        ing_missing=$(printf '%s\n' "${miss_l[@]}" | awk '{ s += $1 } END { print s }')
-        ing_non2xx=$(printf '%s\n' "${non_l[@]}" | awk '{ s += $1 } END { print s }')
+        ing_missing=$(total "${miss_l[@]}")
+        ing_non2xx=$(total "${non_l[@]}")
         say "  median: $(fmt "$ing_rate") acks/s, p99 $(fmt "$ing_p99" 2) ms; hookd peak RSS $(mib "$hookd_hwm") MiB"
     fi
     if stage half; then
         if [[ $ing_rate == - ]]; then die "--only half needs the ingest stage too"; fi
         target=$(calc "$ing_rate / 2")
         heading "2b. hookd at half that rate, open loop: $(fmt "$target") req/s over $conc connections"
-        p50_l=() p99_l=() max_l=() miss_l=() rate2_l=()
-        for ((r = 1; r <= runs; r++)); do
-            ingest_run half "$r" --rate "$target"
-            say "  run $r: $(describe_loadgen "$run_json")"
-            say "         $run_cpu"
-            rate2_l+=("$(jnum "$run_json" throughput)")
-            p50_l+=("$(jnum "$run_json" p50_ms)")
-            p99_l+=("$(jnum "$run_json" p99_ms)")
-            max_l+=("$(jnum "$run_json" max_ms)")
-            miss_l+=("$(jnum "$run_json" missing)")
-        done
-        half_rate=$(median "${rate2_l[@]}") half_p50=$(median "${p50_l[@]}")
+        ingest_runs half "half load" alone --rate "$target"
+        half_rate=$(median "${rate_l[@]}") half_p50=$(median "${p50_l[@]}")
         half_p99=$(median "${p99_l[@]}") half_max=$(median "${max_l[@]}")
-        half_missing=$(printf '%s\n' "${miss_l[@]}" | awk '{ s += $1 } END { print s }')
+        half_missing=$(total "${miss_l[@]}")
         say "  median p99 $(fmt "$half_p99" 2) ms at $(fmt "$half_rate") acks/s"
     fi
     q postgres "DROP DATABASE IF EXISTS bench_ingest WITH (FORCE)" >/dev/null
@@ -546,11 +541,11 @@ fi
 if stage receive; then
     heading "2c. receive-only hookd (HOOKD_WORKERS=0): $conc connections, closed loop, mix $mix"
     hookd_env=(HOOKD_WORKERS=0)
-    closed_loop_runs receive receive-only
+    ingest_runs receive receive-only paired
     hookd_env=()
     recv_ratio_l=("${ratio_l[@]}")
     recv_rate=$(median "${rate_l[@]}") recv_p99=$(median "${p99_l[@]}")
-    recv_missing=$(printf '%s\n' "${miss_l[@]}" | awk '{ s += $1 } END { print s }')
+    recv_missing=$(total "${miss_l[@]}")
     say "  median: $(fmt "$recv_rate") acks/s, p99 $(fmt "$recv_p99" 2) ms"
     q postgres "DROP DATABASE IF EXISTS bench_ingest WITH (FORCE)" >/dev/null
 fi
@@ -597,7 +592,7 @@ if stage drain; then
         fi
     done
     drain_rate=$(median "${rate_l[@]}")
-    drain_failed=$(printf '%s\n' "${failed_l[@]}" | awk '{ s += $1 } END { print s }')
+    drain_failed=$(total "${failed_l[@]}")
     drain_hwm=$(printf '%s\n' "${hwm_l[@]}" | sort -n | tail -n 1)
     q postgres "DROP DATABASE bench_drain WITH (FORCE)" >/dev/null
 fi
@@ -835,7 +830,7 @@ $(q bench_purge_tpl "SELECT pg_size_pretty(pg_database_size(current_database()))
     done
     q postgres "DROP DATABASE bench_purge_tpl WITH (FORCE)" >/dev/null
     purge_s=$(median "${secs_l[@]}") purge_p99=$(median "${p99_l[@]}") purge_max=$(median "${max_l[@]}")
-    purge_non2xx=$(printf '%s\n' "${non_l[@]}" | awk '{ s += $1 } END { print s }')
+    purge_non2xx=$(total "${non_l[@]}")
 fi
 
 # ---------------------------------------------------------------- summary ----
