@@ -365,12 +365,15 @@ JSON
 run_pgbench() { # run_pgbench DB TABLE TAG -> prints "tps p50_ms p99_ms"
     local db=$1 table=$2 tag=$3 script=$out/pgbench-$3.sql logdir=$out/pgbench-$3-log
     # The key is unique and increasing (like loadgen's ids); the body is a bind parameter
-    # (-M prepared), parsed into jsonb on every insert, exactly as hookd's INSERT does.
+    # (-M prepared), parsed into jsonb on every insert, exactly as hookd's INSERT does. hookd's
+    # own table keeps its keys in event_keys, through a trigger, so it has no ON CONFLICT.
+    local on_conflict="ON CONFLICT (source, event_id) DO NOTHING"
+    [ "$table" = events ] && on_conflict=
     cat >"$script" <<SQL
 INSERT INTO $table (source, event_id, event_type, body, payload)
 VALUES ('custom', 'msg_pgb' || lpad(nextval('bench_key')::text, 12, '0'), 'order.created',
         convert_to(:body, 'UTF8'), :body::jsonb)
-ON CONFLICT (source, event_id) DO NOTHING
+$on_conflict
 RETURNING id;
 SQL
     rm -rf "$logdir"
@@ -412,8 +415,13 @@ if stage pgbench; then
     heading "1. pgbench baseline: single-row autocommit INSERT, -c $conc -j 2 -T $((dur + warm))"
     fresh_db bench_pgbench
     qf bench_pgbench >/dev/null <<'SQL'
--- Same columns, defaults, constraints and indexes as hookd's events; none of its triggers.
-CREATE TABLE bench_events (LIKE events INCLUDING ALL);
+-- Same columns, defaults and constraints as hookd's events, unpartitioned, with the unique
+-- key and indexes it had in one table before migration 0005; none of its triggers.
+CREATE TABLE bench_events (LIKE events INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS,
+                           PRIMARY KEY (id), UNIQUE (source, event_id));
+CREATE INDEX ON bench_events (next_attempt_at) WHERE state IN ('pending', 'retrying', 'processing');
+CREATE INDEX ON bench_events (dead_at DESC) WHERE state = 'dead';
+CREATE INDEX ON bench_events (source, event_type) INCLUDE (state) WHERE state IN ('retrying', 'dead');
 CREATE SEQUENCE bench_key;
 SQL
     if stage ingest || stage drain; then
@@ -423,8 +431,8 @@ SQL
     else
         for ((r = 1; r <= runs; r++)); do pgbench_once "run $r"; done
     fi
-    # For information: the same INSERT into hookd's own table, whose triggers NOTIFY and upsert
-    # the per-minute counter row (one hot row per source/type/minute).
+    # For information: the same INSERT into hookd's own table, whose triggers add the key and
+    # upsert the per-minute counters.
     fresh_db bench_pgbench_events
     q bench_pgbench_events "CREATE SEQUENCE bench_key" >/dev/null
     res=$(run_pgbench bench_pgbench_events events events)
@@ -642,6 +650,7 @@ seed_history() {
     n=$(nproc 2>/dev/null || echo 2)
     ((n >= 1 && n <= 4)) || n=4
     step=$(((to - from + n) / n))
+    dead_days "$db"
     for ((i = 0; i < n; i++)); do
         lo=$((from + i * step))
         hi=$((lo + step - 1 < to ? lo + step - 1 : to))
@@ -759,7 +768,15 @@ fi
 
 # ---------------------------------------------------------------- 5 purge ----
 
+# dead_days DB: the dead-letter day partitions of the last 31 days, as a hookd that saw events
+# die on each of them would have left.
+dead_days() {
+    q "$1" "SELECT count(*) FILTER (WHERE hookd_create_dead_day((now() AT TIME ZONE 'UTC')::date - ago))
+            FROM generate_series(-2, 31) AS ago" >/dev/null
+}
+
 seed_dead() { # seed_dead DB N: N dead events 8-30 days old, 4 attempts each, + 10k recent dead
+    dead_days "$1"
     qf "$1" >/dev/null <<SQL
 SET synchronous_commit = off;  -- the load only
 SET session_replication_role = replica;
@@ -777,10 +794,10 @@ INSERT INTO events (source, event_id, event_type, state, attempts, last_error, r
 SELECT 'custom', 'recent_dead_' || g, 'order.created', 'dead', 4, 'downstream answered 500',
        now() - interval '3 days', now() - interval '3 days', convert_to('{}', 'UTF8'), '{}'
 FROM generate_series(1, 10000) AS g;
--- Each dead event carries the four attempts that killed it.
-INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error)
+-- Each dead event carries the four attempts that killed it, in its day's partition.
+INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error, dead_at)
 SELECT e.id, a, e.dead_at - interval '1 minute' * (4 - a), 12,
-       CASE WHEN a = 4 THEN 'dead' ELSE 'failed' END, e.last_error
+       CASE WHEN a = 4 THEN 'dead' ELSE 'failed' END, e.last_error, e.dead_at
 FROM events e, generate_series(1, 4) AS a
 WHERE e.state = 'dead';
 SQL

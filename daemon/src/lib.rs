@@ -91,15 +91,23 @@ const KEEP_COUNTERS: chrono::Duration = chrono::Duration::days(35);
 /// Counter shards of minutes older than this are folded together; nothing writes to them.
 const SETTLED_COUNTERS: chrono::Duration = chrono::Duration::minutes(2);
 
-/// Keeps the dashboard counters small: folds the shards of past minutes every few minutes and
-/// deletes old minutes every hour. Any number of hookd processes may run this at once.
-async fn maintain_counters(pool: PgPool, shutdown: CancellationToken) {
+/// Days ahead whose dead-letter partitions are kept ready, so events keep dying into a day of
+/// their own while maintenance cannot run for a while.
+const DEAD_DAYS_AHEAD: u32 = 2;
+
+/// Housekeeping every few minutes, from the start: folds the counter shards of past minutes,
+/// deletes old minutes every hour, and keeps the dead-letter days ready. Any number of hookd
+/// processes may run this at once.
+async fn maintain(pool: PgPool, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(300));
     let mut rounds = 0u64;
     loop {
         tokio::select! {
             _ = every.tick() => {}
             () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = common::db::dlq::prepare_days(&pool, DEAD_DAYS_AHEAD).await {
+            tracing::warn!(error = %e, "cannot prepare the dead-letter partitions");
         }
         if let Err(e) = common::db::stats::compact(&pool, SETTLED_COUNTERS).await {
             tracing::warn!(error = %e, "cannot compact dashboard counters");
@@ -194,7 +202,7 @@ pub async fn run_with_pool(
     for _ in 0..config.workers {
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
-    tokio::spawn(maintain_counters(pool.clone(), shutdown.clone()));
+    tokio::spawn(maintain(pool.clone(), shutdown.clone()));
     tokio::spawn(systemd::watchdog(
         pool.clone(),
         heartbeat.clone(),

@@ -60,7 +60,8 @@ pub async fn count_stored(
             .collect();
         for chunk in keys.chunks(CHUNK) {
             let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM events WHERE source = $1 AND event_id = ANY($2)",
+                "SELECT count(*) FROM event_keys k JOIN events e ON e.id = k.id
+                 WHERE k.source = $1 AND k.event_id = ANY($2)",
             )
             .bind(source.as_str())
             .bind(chunk)
@@ -228,7 +229,7 @@ pub async fn seed_backlog(
             "INSERT INTO events (source, event_id, event_type, body, payload)
              SELECT s, e, t, convert_to(b, 'UTF8'), b::jsonb
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(s, e, t, b)
-             ON CONFLICT (source, event_id) DO NOTHING",
+             WHERE NOT EXISTS (SELECT FROM event_keys k WHERE k.source = u.s AND k.event_id = u.e)",
         )
         .bind(&sources)
         .bind(&ids)

@@ -18,8 +18,9 @@ async fn five_dead(pool: &PgPool) {
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error)
-                 SELECT id, 4, now(), 1, 'dead', last_error FROM events",
+        "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error,
+                                     dead_at)
+                 SELECT id, 4, now(), 1, 'dead', last_error, dead_at FROM events",
     )
     .execute(pool)
     .await
@@ -202,4 +203,216 @@ async fn the_runbook_sql_keeps_working(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(attempts, [1, 2, 3], "history goes with the events");
+}
+
+/// Creates the dead-letter partitions of the last `days` days, as a hookd that saw events die
+/// on each of them would have left them.
+async fn past_days(pool: &PgPool, days: i32) {
+    sqlx::query(
+        "SELECT hookd_create_dead_day((now() AT TIME ZONE 'UTC')::date - ago)
+         FROM generate_series(1, $1) AS ago",
+    )
+    .bind(days)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The partition holding `table`'s row matched by `filter`.
+async fn partition_of(pool: &PgPool, table: &str, filter: &str) -> Vec<String> {
+    sqlx::query_scalar(&format!(
+        "SELECT DISTINCT tableoid::regclass::text FROM {table} WHERE {filter}"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn today(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn purging_drops_whole_days_with_their_history(pool: PgPool) {
+    past_days(&pool, 12).await;
+    backlog(&pool, 12).await;
+    // Event n died n days ago less an hour, so event 7 is just short of a week old.
+    sqlx::query(
+        "UPDATE events SET state = 'dead', attempts = 2, last_error = 'boom',
+                dead_at = now() - make_interval(days => id::int) + interval '1 hour'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, dead_at)
+         SELECT id, a, dead_at, 1, CASE a WHEN 2 THEN 'dead' ELSE 'failed' END, dead_at
+         FROM events, generate_series(1, 2) AS a",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let day_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT to_char(dead_at AT TIME ZONE 'UTC', 'YYYYMMDD') FROM events WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let day10 = day_of(10).await;
+    assert_eq!(
+        partition_of(&pool, "events", "id = 10").await,
+        [format!("events_dead_{day10}")],
+        "a dead event sits in the partition of its day"
+    );
+    assert_eq!(
+        partition_of(&pool, "event_attempts", "event_id = 10").await,
+        [format!("event_attempts_dead_{day10}")],
+        "and its history with it"
+    );
+    let (source, event_id): (String, String) =
+        sqlx::query_as("SELECT source, event_id FROM events WHERE id = 10")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    let week = chrono::Duration::days(7);
+    assert_eq!(dlq::count_older_than(&pool, week).await.unwrap(), 5);
+    assert_eq!(dlq::purge_older_than(&pool, week).await.unwrap(), 5);
+
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_attempts").await,
+        14,
+        "the history of the purged events went with them, the rest stayed"
+    );
+    // Days wholly past the cut are gone as tables, not just emptied; the day the cut falls
+    // in was emptied row by row and stays.
+    let gone: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("events_dead_{day10}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "the day was dropped");
+    let gone: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("event_attempts_dead_{day10}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "its history's partition too");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM hookd_dead_days() AS day
+             WHERE (day + 1)::timestamp AT TIME ZONE 'UTC' <= now() - interval '7 days'"
+        )
+        .await,
+        0
+    );
+
+    // The purged event's key stays: a late redelivery is still a duplicate.
+    let redelivered = common::db::events::NewEvent {
+        source: source.parse().unwrap(),
+        event_id: common::ProviderEventId::parse(&event_id).unwrap(),
+        event_type: common::EventType::parse("load.test").unwrap(),
+        body: b"{}".to_vec(),
+    };
+    assert_eq!(
+        common::db::events::insert(&pool, &redelivered)
+            .await
+            .unwrap(),
+        common::db::events::Inserted::Duplicate
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn dying_and_retrying_move_the_event_and_its_history_together(pool: PgPool) {
+    backlog(&pool, 3).await;
+    // Nothing handles this type from this source: every attempt fails until the event dies.
+    sqlx::query("UPDATE events SET payload = '{}', event_type = 'x', source = 'stripe'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let worker = worker(&pool, &[]);
+    drain(&worker, &pool, std::time::Duration::from_secs(5)).await;
+    assert_eq!(dlq::count(&pool).await.unwrap(), 3);
+    let today = today(&pool).await;
+    let attempts = count(&pool, "SELECT count(*) FROM event_attempts").await;
+    assert!(attempts >= 3, "{attempts} attempts");
+    assert_eq!(
+        partition_of(&pool, "events", "true").await,
+        [format!("events_dead_{today}")]
+    );
+    assert_eq!(
+        partition_of(&pool, "event_attempts", "true").await,
+        [format!("event_attempts_dead_{today}")],
+        "every attempt, not just the last, follows its event"
+    );
+
+    assert_eq!(dlq::retry_all(&pool).await.unwrap(), 3);
+    assert_eq!(partition_of(&pool, "events", "true").await, ["events_live"]);
+    assert_eq!(
+        partition_of(&pool, "event_attempts", "true").await,
+        ["event_attempts_live"]
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_attempts").await,
+        attempts,
+        "history kept"
+    );
+    // A purge now finds nothing: the history of revived events is not dead any more.
+    assert_eq!(
+        dlq::purge_older_than(&pool, chrono::Duration::zero())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_attempts").await,
+        attempts
+    );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn days_are_prepared_ahead_and_empty_past_days_dropped(pool: PgPool) {
+    past_days(&pool, 3).await;
+    // One event died two days ago; the other past days saw no deaths.
+    backlog(&pool, 1).await;
+    sqlx::query("UPDATE events SET state = 'dead', dead_at = now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    dlq::prepare_days(&pool, 2).await.unwrap();
+    let offsets: Vec<i32> = sqlx::query_scalar(
+        "SELECT day - (now() AT TIME ZONE 'UTC')::date FROM hookd_dead_days() AS day",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // The migration prepared three days ahead; maintenance keeps two.
+    assert_eq!(offsets, [-2, 0, 1, 2, 3]);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM events WHERE state = 'dead'").await,
+        1
+    );
+    // Running again changes nothing, and neither does a second process doing it at once.
+    let (a, b) = tokio::join!(dlq::prepare_days(&pool, 2), dlq::prepare_days(&pool, 2));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM hookd_dead_days()").await,
+        5
+    );
 }

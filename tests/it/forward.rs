@@ -125,7 +125,7 @@ async fn slow_or_absent_downstreams_fail_within_the_timeout(pool: PgPool) {
     let (slow, _) = downstream(0, Duration::from_secs(30)).await;
     let absent = format!("http://127.0.0.1:{}/hooks", free_port());
     for (url, reason) in [(slow, "timed out"), (absent, "could not connect")] {
-        sqlx::query("TRUNCATE events, event_attempts")
+        sqlx::query("TRUNCATE events, event_keys, event_attempts")
             .execute(&pool)
             .await
             .unwrap();

@@ -78,6 +78,84 @@ async fn redeliveries_are_acknowledged_and_create_nothing(pool: PgPool) {
     hookd.stop().await;
 }
 
+/// Batches from different connections (as from several hookd instances) that share keys: each
+/// key is stored once, by whichever batch commits it first, and the others answer duplicate.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn concurrent_batches_sharing_keys_store_each_event_once(pool: PgPool) {
+    use common::db::events::{Inserted, NewEvent, insert_many};
+    let events: Vec<NewEvent> = (0..50)
+        .map(|i| NewEvent {
+            source: common::Source::Custom,
+            event_id: common::ProviderEventId::parse(format!("msg_race_{i}")).unwrap(),
+            event_type: common::EventType::parse("race.test").unwrap(),
+            body: custom_event("race.test").into_bytes(),
+        })
+        .collect();
+    let pool = pool_like(&pool, 8);
+    for round in 0..3 {
+        let batches = (0..8).map(|t| {
+            let mut batch = events.clone();
+            batch.rotate_left(t * 7);
+            if t % 2 == 1 {
+                batch.reverse();
+            }
+            // Each batch also carries one key no other batch has.
+            batch.push(NewEvent {
+                event_id: common::ProviderEventId::parse(format!("msg_own_{round}_{t}")).unwrap(),
+                ..events[0].clone()
+            });
+            let pool = pool.clone();
+            async move {
+                let answers = insert_many(&pool, &batch).await.unwrap();
+                batch
+                    .into_iter()
+                    .zip(answers)
+                    .map(|(e, a)| (e.event_id.as_str().to_owned(), a))
+                    .collect::<Vec<_>>()
+            }
+        });
+        let answers: Vec<_> = futures::future::join_all(batches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        for event in &events {
+            let new = answers
+                .iter()
+                .filter(|(id, a)| id == event.event_id.as_str() && matches!(a, Inserted::New(_)))
+                .count();
+            assert_eq!(
+                new,
+                usize::from(round == 0),
+                "{} in round {round}",
+                event.event_id.as_str()
+            );
+        }
+        let own = answers
+            .iter()
+            .filter(|(id, a)| id.starts_with("msg_own_") && matches!(a, Inserted::New(_)))
+            .count();
+        assert_eq!(own, 8, "a batch that lost keys still stores its own");
+    }
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM events").await,
+        50 + 3 * 8
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_keys").await,
+        50 + 3 * 8
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events e JOIN event_keys k USING (id, source, event_id)"
+        )
+        .await,
+        50 + 3 * 8,
+        "every event has its key"
+    );
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_hundred_concurrent_deliveries_of_one_event_make_one_row(pool: PgPool) {
     let hookd = Hookd::ingest_only(&pool).await;

@@ -11,3 +11,4 @@ mod ingest;
 mod processes;
 mod processing;
 mod systemd;
+mod upgrade;

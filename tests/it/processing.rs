@@ -400,7 +400,7 @@ async fn telnyx_calls_converge_whatever_the_arrival_order(pool: PgPool) {
     ];
     let worker = worker(&pool, &[]);
     for (round, order) in orders.iter().enumerate() {
-        sqlx::query("TRUNCATE events, event_attempts, call_logs")
+        sqlx::query("TRUNCATE events, event_keys, event_attempts, call_logs")
             .execute(&pool)
             .await
             .unwrap();

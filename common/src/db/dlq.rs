@@ -1,7 +1,7 @@
 //! The dead-letter queue. Dead is a state of `events`, so recovery is an UPDATE that keeps the
 //! attempt history, and hookd, hooktop and the admin API all recover through these functions.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
@@ -141,6 +141,14 @@ async fn revive(conn: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<u64>
     .bind(ids)
     .execute(&mut *conn)
     .await?;
+    // The history leaves the dead partitions with its event (events before attempts, the lock
+    // order of every writer).
+    sqlx::query(
+        "UPDATE event_attempts SET dead_at = NULL WHERE event_id = ANY($1) AND dead_at IS NOT NULL",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("SELECT pg_notify($1, 'retry')")
         .bind(EVENTS_CHANNEL)
         .execute(&mut *conn)
@@ -159,10 +167,22 @@ pub async fn count_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Res
     .await
 }
 
-/// Deletes dead events that died longer ago than `age`, with their attempt history, one batch
-/// per transaction so ingest never waits behind it.
+/// Deletes dead events that died longer ago than `age`, with their attempt history. Whole days
+/// are dropped (see migration 0005); what is left, the day the cut falls in and any undated
+/// dead events, is deleted one batch per transaction so ingest never waits behind it.
 pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Result<u64> {
+    let age = age.as_seconds_f64();
+    let days: Vec<NaiveDate> = sqlx::query_scalar(
+        "SELECT day FROM hookd_dead_days() AS day
+         WHERE (day + 1)::timestamp AT TIME ZONE 'UTC' <= now() - make_interval(secs => $1)",
+    )
+    .bind(age)
+    .fetch_all(pool)
+    .await?;
     let mut total = 0;
+    for day in days {
+        total += drop_day(pool, day, false).await?.unwrap_or(0);
+    }
     loop {
         let done = sqlx::query(
             "DELETE FROM events
@@ -171,9 +191,10 @@ pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Res
                  WHERE state = 'dead' AND dead_at < now() - make_interval(secs => $1)
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED
-             )",
+             )
+             AND state = 'dead'",
         )
-        .bind(age.as_seconds_f64())
+        .bind(age)
         .bind(BATCH)
         .execute(pool)
         .await?;
@@ -181,5 +202,61 @@ pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Res
             return Ok(total);
         }
         total += done.rows_affected();
+    }
+}
+
+/// Gets the partitions ready for events that die today and in the next `ahead` days, and drops
+/// those of past days that stayed empty, so days without deaths leave nothing behind. Any
+/// number of processes may run this at once.
+pub async fn prepare_days(pool: &PgPool, ahead: u32) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT hookd_create_dead_day((now() AT TIME ZONE 'UTC')::date + ahead)
+         FROM generate_series(0, $1) AS ahead",
+    )
+    .bind(i32::try_from(ahead).unwrap_or(i32::MAX))
+    .execute(pool)
+    .await?;
+    let past: Vec<NaiveDate> = sqlx::query_scalar(
+        "SELECT day FROM hookd_dead_days() AS day WHERE day < (now() AT TIME ZONE 'UTC')::date",
+    )
+    .fetch_all(pool)
+    .await?;
+    for day in past {
+        drop_day(pool, day, true).await?;
+    }
+    Ok(())
+}
+
+/// Drops one day's partitions in a transaction of its own. A day another session keeps busy is
+/// waited for a little and then tried again; `None` when `only_if_empty` kept it.
+async fn drop_day(pool: &PgPool, day: NaiveDate, only_if_empty: bool) -> sqlx::Result<Option<u64>> {
+    const LOCK_NOT_AVAILABLE: &str = "55P03";
+    let mut tries = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        // The drop locks the dead side of `events`; a short wait keeps dying events and
+        // dashboard reads from queueing behind it for long.
+        sqlx::query("SET LOCAL lock_timeout = '1s'")
+            .execute(&mut *tx)
+            .await?;
+        let dropped = sqlx::query_scalar::<_, Option<i64>>("SELECT hookd_drop_dead_day($1, $2)")
+            .bind(day)
+            .bind(only_if_empty)
+            .fetch_one(&mut *tx)
+            .await;
+        match dropped {
+            Err(e)
+                if tries < 10
+                    && e.as_database_error().and_then(|d| d.code()).as_deref()
+                        == Some(LOCK_NOT_AVAILABLE) =>
+            {
+                tries += 1;
+            }
+            dropped => {
+                let dropped = dropped?;
+                tx.commit().await?;
+                return Ok(dropped.map(|n| n.unsigned_abs()));
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The queue: ingest inserts, workers claim, complete and fail events.
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
+use sqlx::{Acquire, FromRow, PgConnection, PgPool, Postgres};
 
 use crate::{EventType, ProviderEventId, Source};
 
@@ -24,28 +24,23 @@ pub enum Inserted {
 
 /// Stores one event durably. Returns after the row is committed (autocommit), so the caller may
 /// acknowledge the webhook.
-pub async fn insert<'e>(db: impl PgExecutor<'e>, event: &NewEvent) -> sqlx::Result<Inserted> {
-    // The body goes to PostgreSQL once; the server parses its own jsonb copy from the same text.
-    let body = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events (source, event_id, event_type, body, payload)
-         VALUES ($1, $2, $3, convert_to($4, 'UTF8'), $4::jsonb)
-         ON CONFLICT (source, event_id) DO NOTHING
-         RETURNING id",
-    )
-    .bind(event.source.as_str())
-    .bind(event.event_id.as_str())
-    .bind(event.event_type.as_str())
-    .bind(body)
-    .fetch_optional(db)
-    .await?;
-    Ok(id.map_or(Inserted::Duplicate, Inserted::New))
+pub async fn insert<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    event: &NewEvent,
+) -> sqlx::Result<Inserted> {
+    Ok(insert_many(db, std::slice::from_ref(event))
+        .await?
+        .remove(0))
 }
 
 /// Stores many events in one statement and one commit, for ingest's micro-batches. The
 /// answer for each event is in input order; when an id appears twice in `events`, the first
 /// occurrence is the new event and the second a duplicate, as if they had come one by one.
-pub async fn insert_many(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Vec<Inserted>> {
+pub async fn insert_many<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    events: &[NewEvent],
+) -> sqlx::Result<Vec<Inserted>> {
+    let mut conn = db.acquire().await?;
     let mut sources = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
@@ -57,22 +52,37 @@ pub async fn insert_many(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Vec
         bodies
             .push(std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
     }
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "INSERT INTO events (source, event_id, event_type, body, payload)
-         SELECT source, event_id, event_type, convert_to(body, 'UTF8'), body::jsonb
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-              AS batch(source, event_id, event_type, body)
-         -- Concurrent batches take the unique index's locks in one order: no deadlocks.
-         ORDER BY source, event_id
-         ON CONFLICT (source, event_id) DO NOTHING
-         RETURNING id, source, event_id",
-    )
-    .bind(&sources)
-    .bind(&ids)
-    .bind(&types)
-    .bind(&bodies)
-    .fetch_all(pool)
-    .await?;
+    let mut tries = 0;
+    let rows: Vec<(i64, String, String)> = loop {
+        let stored = sqlx::query_as(
+            "INSERT INTO events (source, event_id, event_type, body, payload)
+             SELECT source, event_id, event_type, convert_to(body, 'UTF8'), body::jsonb
+             FROM (
+                 -- The first of each key; a later copy in the same batch is a duplicate.
+                 SELECT DISTINCT ON (source, event_id) *
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                      WITH ORDINALITY AS batch(source, event_id, event_type, body, n)
+                 ORDER BY source, event_id, n
+             ) batch
+             WHERE NOT EXISTS (SELECT FROM event_keys k
+                               WHERE k.source = batch.source AND k.event_id = batch.event_id)
+             -- Concurrent batches take the keys' locks in one order: no deadlocks.
+             ORDER BY source, event_id
+             RETURNING id, source, event_id",
+        )
+        .bind(&sources)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&bodies)
+        .fetch_all(&mut *conn)
+        .await;
+        match stored {
+            // A concurrent batch committed one of these keys after this statement started:
+            // the next try sees it and skips it.
+            Err(e) if is_key_taken(&e) && tries < KEY_RACE_TRIES => tries += 1,
+            stored => break stored?,
+        }
+    };
     let mut created: std::collections::HashMap<(&str, &str), i64> = rows
         .iter()
         .map(|(id, source, event_id)| ((source.as_str(), event_id.as_str()), *id))
@@ -85,6 +95,15 @@ pub async fn insert_many(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Vec
                 .map_or(Inserted::Duplicate, Inserted::New)
         })
         .collect())
+}
+
+/// How often a batch is tried again after losing a key to a concurrent batch. Each try skips the
+/// keys the previous one lost, so this only runs out when one batch keeps colliding with others.
+const KEY_RACE_TRIES: u32 = 8;
+
+fn is_key_taken(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.is_unique_violation() && e.constraint() == Some("event_keys_pkey"))
 }
 
 /// True when PostgreSQL refused the payload itself (for example a `\u0000` escape, which jsonb
@@ -250,7 +269,7 @@ impl AttemptOutcome {
 }
 
 /// Applies a batch of attempts to their events and appends them to the history: two
-/// statements for the whole batch. Only events still leased under the recorded attempt change,
+/// statements for the whole batch, three when events die. Only events still leased under the recorded attempt change,
 /// so callers lock them first with [`lock_leased`].
 pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) -> sqlx::Result<()> {
     if records.is_empty() {
@@ -291,11 +310,33 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
         .map(|r| r.http_status.map(i32::from))
         .collect();
     let bodies: Vec<Option<&str>> = records.iter().map(|r| r.response_body).collect();
+    let dying: Vec<i64> = records
+        .iter()
+        .filter(|r| r.outcome == AttemptOutcome::Dead)
+        .map(|r| r.event_id)
+        .collect();
+    if !dying.is_empty() {
+        // The history joins its event in the day's dead partition (see migration 0005), so a
+        // purge drops both together.
+        sqlx::query(
+            "UPDATE event_attempts a SET dead_at = e.dead_at
+             FROM events e
+             WHERE e.state = 'dead' AND e.id = ANY($1) AND a.event_id = e.id",
+        )
+        .bind(&dying)
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(
-        "INSERT INTO event_attempts
-             (event_id, attempt, started_at, duration_ms, outcome, error, http_status, response_body)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::text[],
-                              $6::text[], $7::int[], $8::text[])",
+        "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error,
+                                     http_status, response_body, dead_at)
+         SELECT r.*, CASE WHEN r.outcome = 'dead' THEN (SELECT e.dead_at FROM events e
+                                                        WHERE e.state = 'dead' AND e.id = r.event_id)
+                     END
+         FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::text[],
+                     $6::text[], $7::int[], $8::text[])
+              AS r(event_id, attempt, started_at, duration_ms, outcome, error, http_status,
+                   response_body)",
     )
     .bind(&ids)
     .bind(&attempts)
