@@ -130,9 +130,17 @@ DECLARE
     events_day   text := 'events_dead_' || to_char(day, 'YYYYMMDD');
     attempts_day text := 'event_attempts_dead_' || to_char(day, 'YYYYMMDD');
     gone         bigint;
+    held         boolean;
 BEGIN
     IF to_regclass(events_day) IS NULL THEN
         RETURN 0;
+    END IF;
+    -- A day with events is seen without taking any lock that would hold up others.
+    IF only_if_empty THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM %I)', events_day) INTO held;
+        IF held THEN
+            RETURN NULL;
+        END IF;
     END IF;
     -- Parents before their partitions and events before attempts, as writers take them, and
     -- everything before counting: a row still being written is counted, or waited for.
@@ -151,15 +159,19 @@ BEGIN
         EXECUTE format('DROP TABLE %I', attempts_day);
     END IF;
     RETURN gone;
+EXCEPTION
+    -- Another session dropped the day between a look and a use of its name.
+    WHEN undefined_table THEN
+        RETURN 0;
 END $$;
 
--- Move what exists. Dead events of the last 60 days get their day's partition; older ones go to
--- the undated partition, which the next purge empties.
+-- Move what exists. Every day with dead events gets its partition (the next purge drops the
+-- old ones), so the undated partitions stay empty: creating a day scans them.
 SELECT hookd_create_dead_day(day)
 FROM (
     SELECT DISTINCT (dead_at AT TIME ZONE 'UTC')::date AS day
     FROM events_unpartitioned
-    WHERE state = 'dead' AND dead_at > now() - interval '60 days'
+    WHERE state = 'dead' AND dead_at IS NOT NULL
     UNION
     SELECT ((now() AT TIME ZONE 'UTC')::date + ahead) FROM generate_series(0, 3) AS ahead
 ) days
@@ -219,3 +231,6 @@ SELECT id, source, event_id, event_type, payload, last_error AS error, attempts,
        received_at, dead_at AS failed_at
 FROM events
 WHERE state = 'dead';
+
+-- Autovacuum never analyzes partitioned parents, and the new tables start without statistics.
+ANALYZE events, event_keys, event_attempts;

@@ -63,7 +63,8 @@ pub async fn list(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<Vec<DeadEv
            AND ($3::text IS NULL OR event_type ILIKE $3 OR event_id ILIKE $3
                 OR last_error ILIKE $3)
            AND ($4::bigint IS NULL
-                OR (dead_at, id) < (SELECT dead_at, id FROM events WHERE id = $4))
+                OR (dead_at, id) < (SELECT dead_at, id FROM events
+                                    WHERE state = 'dead' AND id = $4))
          ORDER BY dead_at DESC, id DESC
          LIMIT $5",
     )
@@ -84,25 +85,25 @@ pub async fn count(pool: &PgPool) -> sqlx::Result<i64> {
 
 /// Sends one dead event back to the queue with a fresh attempt budget; its history stays.
 pub async fn retry(pool: &PgPool, id: i64) -> Result<(), DlqError> {
-    let mut tx = pool.begin().await?;
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM events WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match state.as_deref() {
-        None => return Err(DlqError::NotFound(id)),
-        Some("dead") => {}
-        Some(other) => {
-            return Err(DlqError::NotDead {
-                id,
-                state: other.to_owned(),
-            });
+    let state = super::retry_moved(|| async {
+        let mut tx = pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM events WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if state.as_deref() == Some("dead") {
+            revive(&mut tx, &[id]).await?;
+            tx.commit().await?;
         }
+        Ok(state)
+    })
+    .await?;
+    match state {
+        None => Err(DlqError::NotFound(id)),
+        Some(state) if state == "dead" => Ok(()),
+        Some(state) => Err(DlqError::NotDead { id, state }),
     }
-    revive(&mut tx, &[id]).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 /// Retries every event that is dead now. Works on a snapshot taken at the start and in batches,
@@ -111,23 +112,31 @@ pub async fn retry_all(pool: &PgPool) -> sqlx::Result<u64> {
     let snapshot: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
     let mut total = 0;
     loop {
-        let mut tx = pool.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM events
-             WHERE state = 'dead' AND dead_at <= $1
-             ORDER BY dead_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(snapshot)
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
+        let revived = super::retry_moved(|| async {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM events
+                 WHERE state = 'dead' AND dead_at <= $1
+                 ORDER BY dead_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(snapshot)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let revived = revive(&mut tx, &ids).await?;
+            tx.commit().await?;
+            Ok(revived)
+        })
         .await?;
-        if ids.is_empty() {
+        if revived == 0 {
             return Ok(total);
         }
-        total += revive(&mut tx, &ids).await?;
-        tx.commit().await?;
+        total += revived;
     }
 }
 
@@ -184,19 +193,21 @@ pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Res
         total += drop_day(pool, day, false).await?.unwrap_or(0);
     }
     loop {
-        let done = sqlx::query(
-            "DELETE FROM events
-             WHERE id IN (
-                 SELECT id FROM events
-                 WHERE state = 'dead' AND dead_at < now() - make_interval(secs => $1)
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED
-             )
-             AND state = 'dead'",
-        )
-        .bind(age)
-        .bind(BATCH)
-        .execute(pool)
+        let done = super::retry_moved(|| {
+            sqlx::query(
+                "DELETE FROM events
+                 WHERE id IN (
+                     SELECT id FROM events
+                     WHERE state = 'dead' AND dead_at < now() - make_interval(secs => $1)
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 AND state = 'dead'",
+            )
+            .bind(age)
+            .bind(BATCH)
+            .execute(pool)
+        })
         .await?;
         if done.rows_affected() == 0 {
             return Ok(total);
@@ -209,13 +220,20 @@ pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Res
 /// those of past days that stayed empty, so days without deaths leave nothing behind. Any
 /// number of processes may run this at once.
 pub async fn prepare_days(pool: &PgPool, ahead: u32) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    // Creating a day locks the dead side of `events`: rather give up and come back at the next
+    // round than keep dying events and dashboard reads queued behind a long reader.
+    sqlx::query("SET LOCAL lock_timeout = '1s'")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "SELECT hookd_create_dead_day((now() AT TIME ZONE 'UTC')::date + ahead)
          FROM generate_series(0, $1) AS ahead",
     )
     .bind(i32::try_from(ahead).unwrap_or(i32::MAX))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     let past: Vec<NaiveDate> = sqlx::query_scalar(
         "SELECT day FROM hookd_dead_days() AS day WHERE day < (now() AT TIME ZONE 'UTC')::date",
     )

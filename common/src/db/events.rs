@@ -23,7 +23,8 @@ pub enum Inserted {
 }
 
 /// Stores one event durably. Returns after the row is committed (autocommit), so the caller may
-/// acknowledge the webhook.
+/// acknowledge the webhook. Not for use inside a transaction: losing a key to a concurrent
+/// insert fails the statement, and it is tried again.
 pub async fn insert<'c>(
     db: impl Acquire<'c, Database = Postgres>,
     event: &NewEvent,
@@ -173,8 +174,9 @@ pub async fn claim_due(
     limit: i64,
     lease: std::time::Duration,
 ) -> sqlx::Result<Vec<ClaimedEvent>> {
-    sqlx::query_as(
-        "WITH due AS (
+    super::retry_moved(|| {
+        sqlx::query_as(
+            "WITH due AS (
              SELECT id FROM events
              WHERE state IN ('pending', 'retrying', 'processing') AND next_attempt_at <= now()
              ORDER BY next_attempt_at
@@ -187,13 +189,15 @@ pub async fn claim_due(
              locked_until = now() + make_interval(secs => $2),
              next_attempt_at = now() + make_interval(secs => $2)
          FROM due
-         WHERE e.id = due.id
+         -- The state again, so only the live partition is planned and locked.
+         WHERE e.id = due.id AND e.state IN ('pending', 'retrying', 'processing')
          RETURNING e.id, e.source, e.event_id, e.event_type, e.attempts, e.payload, e.body,
                    e.received_at",
-    )
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .fetch_all(pool)
+        )
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+    })
     .await
 }
 
@@ -317,11 +321,10 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
         .collect();
     if !dying.is_empty() {
         // The history joins its event in the day's dead partition (see migration 0005), so a
-        // purge drops both together.
+        // purge drops both together. The events got this transaction's `now()` as `dead_at`,
+        // and every record is for an event still leased, so each of them did die.
         sqlx::query(
-            "UPDATE event_attempts a SET dead_at = e.dead_at
-             FROM events e
-             WHERE e.state = 'dead' AND e.id = ANY($1) AND a.event_id = e.id",
+            "UPDATE event_attempts SET dead_at = now() WHERE event_id = ANY($1) AND dead_at IS NULL",
         )
         .bind(&dying)
         .execute(&mut *conn)
@@ -330,9 +333,7 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
     sqlx::query(
         "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error,
                                      http_status, response_body, dead_at)
-         SELECT r.*, CASE WHEN r.outcome = 'dead' THEN (SELECT e.dead_at FROM events e
-                                                        WHERE e.state = 'dead' AND e.id = r.event_id)
-                     END
+         SELECT r.*, CASE WHEN r.outcome = 'dead' THEN now() END
          FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::text[],
                      $6::text[], $7::int[], $8::text[])
               AS r(event_id, attempt, started_at, duration_ms, outcome, error, http_status,
