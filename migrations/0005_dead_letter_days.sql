@@ -10,9 +10,9 @@
 -- changes shape; ingest and processing touch `events_live` alone and are never blocked by it.
 --
 -- A unique index on a partitioned table must include the partition key, so (source, event id)
--- moves to its own table, `event_keys`, filled by a trigger on every insert into `events`.
--- The key outlives its event: a provider's late redelivery of a purged event is still a
--- duplicate.
+-- moves to its own table, `event_keys`: ingest claims an event's key before inserting it, and
+-- a trigger adds the keys of events inserted any other way. The key outlives its event: a
+-- provider's late redelivery of a purged event is still a duplicate.
 
 CREATE TABLE event_keys (
     source   text   NOT NULL,
@@ -199,17 +199,17 @@ SELECT setval(pg_get_serial_sequence('event_attempts', 'id'), last_value, is_cal
 FROM event_attempts_unpartitioned_id_seq;
 DROP TABLE events_unpartitioned, event_attempts_unpartitioned;
 
--- The key of every inserted event, in key order like ingest's batches, so concurrent batches
--- wait for each other's keys in one order and cannot deadlock. A key that exists already fails
--- the whole statement: ingest skips known keys beforehand and tries again when a concurrent
--- batch took one first.
+-- Every event has its key. Ingest claims the keys itself, before inserting (see
+-- common/src/db/events.rs), so for its rows this only finds them there; an insert that does
+-- not claim keys, such as a bulk load, gets them here. Such a load must not repeat a key: it
+-- would store a second event that owns none, and nothing checks that.
 CREATE FUNCTION hookd_add_keys() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO event_keys (source, event_id, id)
-    SELECT source, event_id, id FROM new_events ORDER BY source, event_id;
+    SELECT source, event_id, id FROM new_events ORDER BY source, event_id
+    ON CONFLICT DO NOTHING;
     RETURN NULL;
 END $$;
--- Named to fire first: a duplicate fails the statement before the counters are touched.
 CREATE TRIGGER events_add_keys AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION hookd_add_keys();
@@ -231,6 +231,3 @@ SELECT id, source, event_id, event_type, payload, last_error AS error, attempts,
        received_at, dead_at AS failed_at
 FROM events
 WHERE state = 'dead';
-
--- Autovacuum never analyzes partitioned parents, and the new tables start without statistics.
-ANALYZE events, event_keys, event_attempts;

@@ -1,7 +1,7 @@
 //! The queue: ingest inserts, workers claim, complete and fail events.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Acquire, FromRow, PgConnection, PgPool, Postgres};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 
 use crate::{EventType, ProviderEventId, Source};
 
@@ -23,12 +23,8 @@ pub enum Inserted {
 }
 
 /// Stores one event durably. Returns after the row is committed (autocommit), so the caller may
-/// acknowledge the webhook. Not for use inside a transaction: losing a key to a concurrent
-/// insert fails the statement, and it is tried again.
-pub async fn insert<'c>(
-    db: impl Acquire<'c, Database = Postgres>,
-    event: &NewEvent,
-) -> sqlx::Result<Inserted> {
+/// acknowledge the webhook.
+pub async fn insert<'e>(db: impl PgExecutor<'e>, event: &NewEvent) -> sqlx::Result<Inserted> {
     Ok(insert_many(db, std::slice::from_ref(event))
         .await?
         .remove(0))
@@ -37,11 +33,10 @@ pub async fn insert<'c>(
 /// Stores many events in one statement and one commit, for ingest's micro-batches. The
 /// answer for each event is in input order; when an id appears twice in `events`, the first
 /// occurrence is the new event and the second a duplicate, as if they had come one by one.
-pub async fn insert_many<'c>(
-    db: impl Acquire<'c, Database = Postgres>,
+pub async fn insert_many<'e>(
+    db: impl PgExecutor<'e>,
     events: &[NewEvent],
 ) -> sqlx::Result<Vec<Inserted>> {
-    let mut conn = db.acquire().await?;
     let mut sources = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
@@ -53,37 +48,36 @@ pub async fn insert_many<'c>(
         bodies
             .push(std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
     }
-    let mut tries = 0;
-    let rows: Vec<(i64, String, String)> = loop {
-        let stored = sqlx::query_as(
-            "INSERT INTO events (source, event_id, event_type, body, payload)
-             SELECT source, event_id, event_type, convert_to(body, 'UTF8'), body::jsonb
-             FROM (
-                 -- The first of each key; a later copy in the same batch is a duplicate.
-                 SELECT DISTINCT ON (source, event_id) *
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                      WITH ORDINALITY AS batch(source, event_id, event_type, body, n)
-                 ORDER BY source, event_id, n
-             ) batch
-             WHERE NOT EXISTS (SELECT FROM event_keys k
-                               WHERE k.source = batch.source AND k.event_id = batch.event_id)
-             -- Concurrent batches take the keys' locks in one order: no deadlocks.
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "WITH batch AS (
+             -- The first of each key; a later copy in the same batch is a duplicate.
+             SELECT DISTINCT ON (source, event_id) *
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                  WITH ORDINALITY AS b(source, event_id, event_type, body, n)
+             ORDER BY source, event_id, n
+         ), fresh AS (
+             -- Claiming the key first makes the unique index decide, whatever the planner
+             -- thinks of the table's size, and a concurrent batch holding one of these keys
+             -- is waited for. Keys are taken in one order: no deadlocks.
+             INSERT INTO event_keys (source, event_id, id)
+             SELECT source, event_id, nextval('events_id_seq') FROM batch
              ORDER BY source, event_id
-             RETURNING id, source, event_id",
-        )
-        .bind(&sources)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&bodies)
-        .fetch_all(&mut *conn)
-        .await;
-        match stored {
-            // A concurrent batch committed one of these keys after this statement started:
-            // the next try sees it and skips it.
-            Err(e) if is_key_taken(&e) && tries < KEY_RACE_TRIES => tries += 1,
-            stored => break stored?,
-        }
-    };
+             ON CONFLICT DO NOTHING
+             RETURNING source, event_id, id
+         )
+         INSERT INTO events (id, source, event_id, event_type, body, payload)
+         OVERRIDING SYSTEM VALUE
+         SELECT f.id, f.source, f.event_id, b.event_type, convert_to(b.body, 'UTF8'),
+                b.body::jsonb
+         FROM fresh f JOIN batch b USING (source, event_id)
+         RETURNING id, source, event_id",
+    )
+    .bind(&sources)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&bodies)
+    .fetch_all(db)
+    .await?;
     let mut created: std::collections::HashMap<(&str, &str), i64> = rows
         .iter()
         .map(|(id, source, event_id)| ((source.as_str(), event_id.as_str()), *id))
@@ -96,15 +90,6 @@ pub async fn insert_many<'c>(
                 .map_or(Inserted::Duplicate, Inserted::New)
         })
         .collect())
-}
-
-/// How often a batch is tried again after losing a key to a concurrent batch. Each try skips the
-/// keys the previous one lost, so this only runs out when one batch keeps colliding with others.
-const KEY_RACE_TRIES: u32 = 8;
-
-fn is_key_taken(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.is_unique_violation() && e.constraint() == Some("event_keys_pkey"))
 }
 
 /// True when PostgreSQL refused the payload itself (for example a `\u0000` escape, which jsonb
