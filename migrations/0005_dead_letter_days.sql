@@ -62,7 +62,8 @@ CREATE TABLE events_dead PARTITION OF events FOR VALUES IN ('dead') PARTITION BY
 CREATE TABLE events_dead_undated PARTITION OF events_dead DEFAULT;
 
 CREATE INDEX events_id_idx ON events (id);
-CREATE INDEX events_due_idx ON events (next_attempt_at)
+-- Workers claim from the live side only.
+CREATE INDEX events_due_idx ON events_live (next_attempt_at)
     WHERE state IN ('pending', 'retrying', 'processing');
 CREATE INDEX events_dead_idx ON events (dead_at DESC) WHERE state = 'dead';
 CREATE INDEX events_state_type_idx ON events (source, event_type) INCLUDE (state)
@@ -122,47 +123,55 @@ CREATE FUNCTION hookd_dead_days() RETURNS SETOF date LANGUAGE sql STABLE AS $$
     ORDER BY 1
 $$;
 
--- Drops one day of dead events and their attempts; returns how many events went. With
--- `only_if_empty`, a day that holds events is kept and the answer is NULL.
-CREATE FUNCTION hookd_drop_dead_day(day date, only_if_empty boolean) RETURNS bigint
+-- How many dead events a day holds, counting at most `up_to` of them (all when NULL); NULL
+-- when the day has no partition. Run it in a transaction of its own before dropping the day:
+-- read under the drop's locks, it would hold everything up, and read before them in the same
+-- transaction, it could deadlock with another session dropping the same day.
+CREATE FUNCTION hookd_dead_day_events(day date, up_to bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %I LIMIT $1) d',
+                   'events_dead_' || to_char(day, 'YYYYMMDD'))
+        INTO n USING up_to;
+    RETURN n;
+EXCEPTION
+    WHEN undefined_table THEN
+        RETURN NULL;
+END $$;
+
+-- Drops one day of dead events and their attempts; false when the day has no partition, or,
+-- with `only_if_empty`, when it has events.
+CREATE FUNCTION hookd_drop_dead_day(day date, only_if_empty boolean) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     events_day   text := 'events_dead_' || to_char(day, 'YYYYMMDD');
     attempts_day text := 'event_attempts_dead_' || to_char(day, 'YYYYMMDD');
-    gone         bigint;
     held         boolean;
 BEGIN
-    IF to_regclass(events_day) IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- A day with events is seen without taking any lock that would hold up others.
-    IF only_if_empty THEN
-        EXECUTE format('SELECT EXISTS (SELECT FROM %I)', events_day) INTO held;
-        IF held THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    -- Parents before their partitions and events before attempts, as writers take them, and
-    -- everything before counting: a row still being written is counted, or waited for.
+    -- Parents before their partitions and events before attempts, as writers take them.
     LOCK TABLE ONLY events_dead IN ACCESS EXCLUSIVE MODE;
+    IF to_regclass(events_day) IS NULL THEN
+        RETURN false;
+    END IF;
     EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', events_day);
     LOCK TABLE ONLY event_attempts_dead IN ACCESS EXCLUSIVE MODE;
     IF to_regclass(attempts_day) IS NOT NULL THEN
         EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', attempts_day);
     END IF;
-    EXECUTE format('SELECT count(*) FROM %I', events_day) INTO gone;
-    IF only_if_empty AND gone > 0 THEN
-        RETURN NULL;
+    IF only_if_empty THEN
+        -- Under the locks: an event that died into the day meanwhile is seen, or waited for.
+        EXECUTE format('SELECT EXISTS (SELECT FROM %I)', events_day) INTO held;
+        IF held THEN
+            RETURN false;
+        END IF;
     END IF;
     EXECUTE format('DROP TABLE %I', events_day);
     IF to_regclass(attempts_day) IS NOT NULL THEN
         EXECUTE format('DROP TABLE %I', attempts_day);
     END IF;
-    RETURN gone;
-EXCEPTION
-    -- Another session dropped the day between a look and a use of its name.
-    WHEN undefined_table THEN
-        RETURN 0;
+    RETURN true;
 END $$;
 
 -- Move what exists. Every day with dead events gets its partition (the next purge drops the

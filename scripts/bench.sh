@@ -642,6 +642,13 @@ CROSS JOIN LATERAL (
 SQL
 }
 
+# dead_days DB: the dead-letter day partitions of the last 31 days, as a hookd that saw events
+# die on each of them would have left.
+dead_days() {
+    q "$1" "SELECT count(*) FILTER (WHERE hookd_create_dead_day((now() AT TIME ZONE 'UTC')::date - ago))
+            FROM generate_series(-2, 31) AS ago" >/dev/null
+}
+
 # seed_history DB FROM TO DEAD_EVERY RETRY_EVERY: stores history rows FROM..TO (in parallel sessions) and
 # adds them to the per-minute counters. hookd's triggers are off for the load (they would count
 # every row as received now); the counters are computed from the same rows instead.
@@ -768,13 +775,6 @@ fi
 
 # ---------------------------------------------------------------- 5 purge ----
 
-# dead_days DB: the dead-letter day partitions of the last 31 days, as a hookd that saw events
-# die on each of them would have left.
-dead_days() {
-    q "$1" "SELECT count(*) FILTER (WHERE hookd_create_dead_day((now() AT TIME ZONE 'UTC')::date - ago))
-            FROM generate_series(-2, 31) AS ago" >/dev/null
-}
-
 seed_dead() { # seed_dead DB N: N dead events 8-30 days old, 4 attempts each, + 10k recent dead
     dead_days "$1"
     qf "$1" >/dev/null <<SQL
@@ -800,6 +800,8 @@ SELECT e.id, a, e.dead_at - interval '1 minute' * (4 - a), 12,
        CASE WHEN a = 4 THEN 'dead' ELSE 'failed' END, e.last_error, e.dead_at
 FROM events e, generate_series(1, 4) AS a
 WHERE e.state = 'dead';
+-- The keys the disabled trigger would have added, so ingest meanwhile checks against them.
+INSERT INTO event_keys (source, event_id, id) SELECT source, event_id, id FROM events;
 SQL
 }
 

@@ -210,6 +210,14 @@ async fn malformed_and_deeply_nested_json_is_refused_on_every_route(pool: PgPool
             assert_eq!(status, 400, "{route} {broken:?}: {reply}");
             assert!(reply["error"].is_string());
         }
+        // None of them kept the id, not even the one only PostgreSQL refused (`\u0000`, after
+        // the key was claimed in the same statement): sent well formed, the event is new.
+        let (status, reply) = post_signed(&hookd, route, &i, whole.as_bytes()).await;
+        assert_eq!(
+            (status, &reply["duplicate"]),
+            (200, &serde_json::Value::Null),
+            "{reply}"
+        );
         // A surrogate pair is one valid character.
         let i = id();
         let emoji = event_with(route, &i, r#""k":"\ud83d\ude00""#);
@@ -218,8 +226,9 @@ async fn malformed_and_deeply_nested_json_is_refused_on_every_route(pool: PgPool
             200
         );
     }
-    // Only the three depth-100 events and the three emoji events were stored.
-    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 6);
+    // Only the depth-100, well-formed and emoji events were stored, three of each.
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 9);
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_keys").await, 9);
     hookd.stop().await;
 }
 

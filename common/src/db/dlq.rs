@@ -190,7 +190,12 @@ pub async fn purge_older_than(pool: &PgPool, age: chrono::Duration) -> sqlx::Res
     .await?;
     let mut total = 0;
     for day in days {
-        total += drop_day(pool, day, false).await?.unwrap_or(0);
+        // Counted before the drop, outside its locks. The day is past the cut, so no event
+        // dies into it meanwhile.
+        let held = day_events(pool, day, None).await?;
+        if drop_day(pool, day, false).await? {
+            total += held;
+        }
     }
     loop {
         let done = super::retry_moved(|| {
@@ -240,15 +245,30 @@ pub async fn prepare_days(pool: &PgPool, ahead: u32) -> sqlx::Result<()> {
     .fetch_all(pool)
     .await?;
     for day in past {
-        drop_day(pool, day, true).await?;
+        // Only days that look empty are locked, and the drop looks again under its locks.
+        if day_events(pool, day, Some(1)).await? == 0 {
+            drop_day(pool, day, true).await?;
+        }
     }
     Ok(())
 }
 
-/// Drops one day's partitions in a transaction of its own. A day another session keeps busy is
-/// waited for a little and then tried again; `None` when `only_if_empty` kept it.
-async fn drop_day(pool: &PgPool, day: NaiveDate, only_if_empty: bool) -> sqlx::Result<Option<u64>> {
+/// How many events a day holds, counting at most `up_to`; 0 when it has no partition.
+async fn day_events(pool: &PgPool, day: NaiveDate, up_to: Option<i64>) -> sqlx::Result<u64> {
+    let n: Option<i64> = sqlx::query_scalar("SELECT hookd_dead_day_events($1, $2)")
+        .bind(day)
+        .bind(up_to)
+        .fetch_one(pool)
+        .await?;
+    Ok(n.unwrap_or(0).unsigned_abs())
+}
+
+/// Drops one day's partitions in a transaction of its own; false when the day was gone or,
+/// with `only_if_empty`, held events. A day another session keeps busy is waited for a little
+/// and then tried again.
+async fn drop_day(pool: &PgPool, day: NaiveDate, only_if_empty: bool) -> sqlx::Result<bool> {
     const LOCK_NOT_AVAILABLE: &str = "55P03";
+    const DEADLOCK_DETECTED: &str = "40P01";
     let mut tries = 0;
     loop {
         let mut tx = pool.begin().await?;
@@ -257,7 +277,7 @@ async fn drop_day(pool: &PgPool, day: NaiveDate, only_if_empty: bool) -> sqlx::R
         sqlx::query("SET LOCAL lock_timeout = '1s'")
             .execute(&mut *tx)
             .await?;
-        let dropped = sqlx::query_scalar::<_, Option<i64>>("SELECT hookd_drop_dead_day($1, $2)")
+        let dropped = sqlx::query_scalar::<_, bool>("SELECT hookd_drop_dead_day($1, $2)")
             .bind(day)
             .bind(only_if_empty)
             .fetch_one(&mut *tx)
@@ -265,15 +285,17 @@ async fn drop_day(pool: &PgPool, day: NaiveDate, only_if_empty: bool) -> sqlx::R
         match dropped {
             Err(e)
                 if tries < 10
-                    && e.as_database_error().and_then(|d| d.code()).as_deref()
-                        == Some(LOCK_NOT_AVAILABLE) =>
+                    && matches!(
+                        e.as_database_error().and_then(|d| d.code()).as_deref(),
+                        Some(LOCK_NOT_AVAILABLE | DEADLOCK_DETECTED)
+                    ) =>
             {
                 tries += 1;
             }
             dropped => {
                 let dropped = dropped?;
                 tx.commit().await?;
-                return Ok(dropped.map(|n| n.unsigned_abs()));
+                return Ok(dropped);
             }
         }
     }

@@ -126,11 +126,20 @@ impl Worker {
             futures::future::join_all(claimed.iter().map(|event| self.forwarder.deliver(event)))
                 .await;
         let leases: Vec<Lease> = claimed.iter().map(ClaimedEvent::lease).collect();
-        let result = match self.complete(&claimed, &deliveries, Isolation::Batch).await {
-            Err(Retry::HandlerFailed) => {
-                self.complete(&claimed, &deliveries, Isolation::Event).await
+        let mut isolation = Isolation::Batch;
+        let mut moved = 0;
+        let result = loop {
+            match self.complete(&claimed, &deliveries, isolation).await {
+                Err(Retry::HandlerFailed) if isolation == Isolation::Batch => {
+                    isolation = Isolation::Event;
+                }
+                // One of the events died under a worker that took over its lease: the next
+                // try sees it gone and leaves it alone. The deliveries are not sent again.
+                Err(Retry::Database(e)) if common::db::is_row_moved(&e) && moved < 3 => {
+                    moved += 1;
+                }
+                other => break other,
             }
-            other => other,
         };
         let result = match result {
             Ok(records) => {
