@@ -199,46 +199,39 @@ impl RefreshReport {
     }
 }
 
-/// Stores `count` pending events as ingest would (same table, same triggers), with the
-/// bodies `run` sends: a backlog for the workers to drain.
+/// Stores `count` pending events through ingest's own statement, with the bodies `run` sends:
+/// a backlog for the workers to drain.
 pub async fn seed_backlog(
     pool: &PgPool,
     generator: &crate::payload::Generator,
     mix: &[Source],
     count: u64,
 ) -> anyhow::Result<u64> {
+    use common::db::events::{Inserted, NewEvent, insert_many};
     const CHUNK: u64 = 2_000;
     let now = chrono::Utc::now().timestamp();
     let mut stored = 0;
     let mut i = 0;
     while i < count {
         let end = (i + CHUNK).min(count);
-        let mut sources = Vec::with_capacity(CHUNK as usize);
-        let mut ids = Vec::with_capacity(CHUNK as usize);
-        let mut types = Vec::with_capacity(CHUNK as usize);
-        let mut bodies = Vec::with_capacity(CHUNK as usize);
+        let mut batch = Vec::with_capacity(CHUNK as usize);
         for j in i..end {
             let source = mix[(j % mix.len() as u64) as usize];
             let (id, kind, body) = generator.body(source, j, now);
-            sources.push(source.as_str());
-            ids.push(id);
-            types.push(kind);
-            bodies.push(body);
+            batch.push(NewEvent {
+                source,
+                event_id: common::ProviderEventId::parse(id).context("generated event id")?,
+                event_type: common::EventType::parse(kind).context("generated event type")?,
+                body: body.into_bytes(),
+            });
         }
-        let done = sqlx::query(
-            "INSERT INTO events (source, event_id, event_type, body, payload)
-             SELECT s, e, t, convert_to(b, 'UTF8'), b::jsonb
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(s, e, t, b)
-             WHERE NOT EXISTS (SELECT FROM event_keys k WHERE k.source = u.s AND k.event_id = u.e)",
-        )
-        .bind(&sources)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&bodies)
-        .execute(pool)
-        .await
-        .context("storing the backlog")?;
-        stored += done.rows_affected();
+        let answers = insert_many(pool, &batch)
+            .await
+            .context("storing the backlog")?;
+        stored += answers
+            .iter()
+            .filter(|a| matches!(a, Inserted::New(_)))
+            .count() as u64;
         i = end;
     }
     Ok(stored)

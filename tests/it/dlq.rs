@@ -426,3 +426,61 @@ async fn days_are_prepared_ahead_and_empty_past_days_dropped(pool: PgPool) {
     b.unwrap();
     assert_eq!(offsets().await, prepared);
 }
+
+/// A retry waiting on an event that another session moves out of the dead partitions gets
+/// PostgreSQL's serialization failure; it looks again and sees the event is no longer dead.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_retry_racing_a_move_looks_again(pool: PgPool) {
+    five_dead(&pool).await;
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("UPDATE events SET state = 'pending', dead_at = NULL WHERE id = 3")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let retry = tokio::spawn({
+        let pool = pool.clone();
+        async move { dlq::retry(&pool, 3).await }
+    });
+    // The retry's row lock waits for the move to commit.
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE 'SELECT state FROM events%'",
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    other.commit().await.unwrap();
+    assert!(matches!(
+        retry.await.unwrap(),
+        Err(DlqError::NotDead { id: 3, ref state }) if state == "pending"
+    ));
+}
+
+/// A day another session keeps busy is waited for, given up on after the lock timeout, and
+/// dropped on a later try: the purge still removes it all.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_purge_waits_out_a_busy_day(pool: PgPool) {
+    past_days(&pool, 12).await;
+    backlog(&pool, 3).await;
+    sqlx::query("UPDATE events SET state = 'dead', dead_at = now() - interval '10 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A long dashboard read holding the dead side for longer than one lock timeout (1 s).
+    let mut reader = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events_dead IN ACCESS SHARE MODE")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    let purge = tokio::spawn({
+        let pool = pool.clone();
+        async move { dlq::purge_older_than(&pool, chrono::Duration::days(7)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert!(!purge.is_finished(), "the purge waited for the reader");
+    reader.commit().await.unwrap();
+    assert_eq!(purge.await.unwrap().unwrap(), 3);
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+}

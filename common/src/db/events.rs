@@ -162,22 +162,22 @@ pub async fn claim_due(
     super::retry_moved(|| {
         sqlx::query_as(
             "WITH due AS (
-             SELECT id FROM events
-             WHERE state IN ('pending', 'retrying', 'processing') AND next_attempt_at <= now()
-             ORDER BY next_attempt_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED
-         )
-         UPDATE events e
-         SET state = 'processing',
-             attempts = e.attempts + 1,
-             locked_until = now() + make_interval(secs => $2),
-             next_attempt_at = now() + make_interval(secs => $2)
-         FROM due
-         -- The state again, so only the live partition is planned and locked.
-         WHERE e.id = due.id AND e.state IN ('pending', 'retrying', 'processing')
-         RETURNING e.id, e.source, e.event_id, e.event_type, e.attempts, e.payload, e.body,
-                   e.received_at",
+                 SELECT id FROM events
+                 WHERE state IN ('pending', 'retrying', 'processing') AND next_attempt_at <= now()
+                 ORDER BY next_attempt_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE events e
+             SET state = 'processing',
+                 attempts = e.attempts + 1,
+                 locked_until = now() + make_interval(secs => $2),
+                 next_attempt_at = now() + make_interval(secs => $2)
+             FROM due
+             -- The state again, so only the live partition is planned and locked.
+             WHERE e.id = due.id AND e.state IN ('pending', 'retrying', 'processing')
+             RETURNING e.id, e.source, e.event_id, e.event_type, e.attempts, e.payload, e.body,
+                       e.received_at",
         )
         .bind(limit)
         .bind(lease.as_secs_f64())
@@ -258,8 +258,8 @@ impl AttemptOutcome {
 }
 
 /// Applies a batch of attempts to their events and appends them to the history: two
-/// statements for the whole batch, three when events die. Only events still leased under the recorded attempt change,
-/// so callers lock them first with [`lock_leased`].
+/// statements for the whole batch, three when events die. Only events still leased under the
+/// recorded attempt change, so callers lock them first with [`lock_leased`].
 pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) -> sqlx::Result<()> {
     if records.is_empty() {
         return Ok(());
