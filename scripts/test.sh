@@ -132,6 +132,11 @@ if [[ -n $own_db ]]; then
     export HOOKD_TEST_PG_CTL_USER=$PG_OS_USER
 fi
 
+# hookd's tables live in its own schema; the tests' own connections (every #[sqlx::test]
+# pool) find them the way hookd's do.
+[[ $DATABASE_URL == *\?* ]] && sep='&' || sep='?'
+export DATABASE_URL="$DATABASE_URL${sep}options=-csearch_path%3Dhookd%2Cpublic"
+
 heading "Run tests: ${cargo_test[*]} ${harness_args[*]}"
 echo "DATABASE_URL=$DATABASE_URL"
 "${cargo_test[@]}" "${harness_args[@]}"

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::Source;
+use common::db::schema::Schema;
 use secrecy::SecretString;
 
 use crate::verify::{standard, telnyx};
@@ -37,6 +38,7 @@ fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: SecretString,
+    pub schema: Schema,
     pub listen: SocketAddr,
     pub stripe_secret: Option<SecretString>,
     pub telnyx_public_key: Option<telnyx::PublicKey>,
@@ -186,6 +188,14 @@ pub fn database_url(sources: &Sources) -> Result<SecretString, ConfigError> {
         .ok_or(ConfigError::Missing("DATABASE_URL"))
 }
 
+/// hookd's own schema in the database (`HOOKD_SCHEMA`, default `hookd`).
+pub fn schema(sources: &Sources) -> Result<Schema, ConfigError> {
+    match sources.get("HOOKD_SCHEMA")? {
+        None => Ok(Schema::default()),
+        Some(raw) => raw.trim().parse().map_err(|e| invalid("HOOKD_SCHEMA", e)),
+    }
+}
+
 impl Config {
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
         let listen = sources.parsed(
@@ -266,6 +276,7 @@ impl Config {
         let workers: usize = sources.parsed("HOOKD_WORKERS", 4, "a whole number")?;
         let config = Config {
             database_url: database_url(sources)?,
+            schema: schema(sources)?,
             listen,
             stripe_secret: stripe_secret.map(SecretString::from),
             telnyx_public_key,

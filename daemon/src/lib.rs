@@ -26,10 +26,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use common::db::schema::{self, AppTables, Schema, SchemaError};
 pub use config::Config;
 pub use http::{AppState, app};
 
 use crate::announce::Announcer;
+use common::db::business::Statements;
 use crate::handlers::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::worker::{RetryPolicy, Worker, WorkerConfig};
@@ -38,25 +40,37 @@ use crate::worker::{RetryPolicy, Worker, WorkerConfig};
 /// retries sooner than it would wait.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A pool for `database_url`. Connections are made lazily, so hookd starts (and answers 503)
-/// even while the database is down, and recovers by itself when it returns.
-pub fn pool(database_url: &secrecy::SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
+/// A pool for `database_url` whose connections find hookd's tables in `schema`. Connections
+/// are made lazily, so hookd starts (and answers 503) even while the database is down, and
+/// recovers by itself when it returns.
+pub fn pool(
+    database_url: &secrecy::SecretString,
+    schema: &Schema,
+    max_connections: u32,
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = database_url
         .expose_secret()
         .parse()
         .context("DATABASE_URL is invalid")?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(options.application_name("hookd")))
+    Ok(pool_with(options, schema, max_connections))
 }
 
-/// Applies the schema.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    common::MIGRATOR
-        .run(pool)
-        .await
-        .context("applying database migrations")
+/// A pool like [`pool`]'s with the connection options of `like`, for callers that already
+/// hold one (tests bring the pool of their private database).
+pub fn pool_like(like: &PgPool, schema: &Schema, max_connections: u32) -> PgPool {
+    pool_with((*like.connect_options()).clone(), schema, max_connections)
+}
+
+fn pool_with(options: PgConnectOptions, schema: &Schema, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(schema::connect_options(options.application_name("hookd"), schema))
+}
+
+/// Applies the schema, after checking that the application's tables fit hookd's handlers.
+pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<AppTables, SchemaError> {
+    schema::migrate(pool, schema).await
 }
 
 /// Longest pause between attempts to reach the database at start-up.
@@ -67,21 +81,22 @@ const MAX_START_BACKOFF: Duration = Duration::from_secs(5);
 /// false if `shutdown` came first.
 async fn migrate_when_reachable(
     pool: &PgPool,
+    schema: &Schema,
     shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> Result<Option<AppTables>, SchemaError> {
     let mut pause = Duration::from_millis(100);
     loop {
-        match common::MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(true),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if unreachable(&e) => {
+        match schema::migrate(pool, schema).await {
+            Ok(tables) => return Ok(Some(tables)),
+            Err(e) if e.database().is_some_and(unreachable) => {
                 tracing::warn!(error = %e, "database unreachable; waiting for it");
                 systemd::status(&format!("waiting for the database: {e}"));
             }
-            Err(e) => return Err(e).context("applying database migrations"),
+            Err(e) => return Err(e),
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => pause = (pause * 2).min(MAX_START_BACKOFF),
-            () = shutdown.cancelled() => return Ok(false),
+            () = shutdown.cancelled() => return Ok(None),
         }
     }
 }
@@ -137,7 +152,13 @@ fn unreachable(e: &sqlx::Error) -> bool {
         })
 }
 
-pub fn worker(pool: PgPool, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
+/// The workers of `config`, for the application's `tables`.
+pub fn worker(
+    pool: PgPool,
+    config: &Config,
+    tables: &AppTables,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Worker> {
     let forwarder = Forwarder::new(
         config.forward_urls.clone(),
         config.forward_secret.clone(),
@@ -156,6 +177,7 @@ pub fn worker(pool: PgPool, config: &Config, metrics: Arc<Metrics>) -> anyhow::R
             lease: config.lease,
             poll_interval: config.poll_interval,
             forward_timeout: config.forward_timeout,
+            statements: Statements::new(tables),
         },
         Arc::new(forwarder),
         metrics,
@@ -170,7 +192,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = pool(&config.database_url, config.db_max_connections)?;
+    let pool = pool(
+        &config.database_url,
+        &config.schema,
+        config.db_max_connections,
+    )?;
     run_with_pool(config, pool, listener, shutdown).await
 }
 
@@ -182,11 +208,11 @@ pub async fn run_with_pool(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     systemd::status("applying migrations");
-    if !migrate_when_reachable(&pool, &shutdown).await? {
+    let Some(tables) = migrate_when_reachable(&pool, &config.schema, &shutdown).await? else {
         return Ok(());
-    }
+    };
     let metrics = Arc::new(Metrics::default());
-    let worker = worker(pool.clone(), &config, metrics.clone())?;
+    let worker = worker(pool.clone(), &config, &tables, metrics.clone())?;
     let heartbeat = (config.workers > 0).then(|| worker.heartbeat());
 
     let announcer = Arc::new(Announcer::default());

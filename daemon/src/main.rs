@@ -13,7 +13,11 @@ async fn main() -> std::process::ExitCode {
             eprintln!("hookd: {e:#}");
             // EX_CONFIG: the unit's RestartPreventExitStatus keeps systemd from restarting a
             // hookd that can only fail the same way again.
-            if e.downcast_ref::<config::ConfigError>().is_some() {
+            let misfit = matches!(
+                e.downcast_ref::<hookd::SchemaError>(),
+                Some(hookd::SchemaError::Misfit(_))
+            );
+            if misfit || e.downcast_ref::<config::ConfigError>().is_some() {
                 std::process::ExitCode::from(78)
             } else {
                 std::process::ExitCode::FAILURE
@@ -36,8 +40,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hookd::run(config, listener, shutdown).await
         }
         Command::Migrate => {
-            let pool = hookd::pool(&config::database_url(&sources)?, 1)?;
-            hookd::migrate(&pool).await?;
+            let schema = config::schema(&sources)?;
+            let pool = hookd::pool(&config::database_url(&sources)?, &schema, 1)?;
+            hookd::migrate(&pool, &schema).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -46,7 +51,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => {
-            let pool = hookd::pool(&config::database_url(&sources)?, 2)?;
+            let schema = config::schema(&sources)?;
+            let pool = hookd::pool(&config::database_url(&sources)?, &schema, 2)?;
             println!("{}", hookd::cli::dlq(&pool, command).await?);
             Ok(())
         }

@@ -9,15 +9,22 @@ use common::db::dlq::{self, DeadFilter};
 use common::db::stats;
 use serde::Serialize;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use common::db::schema::{self, Schema};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::payload::{Ids, SEED_BUSINESSES_SQL};
 
+/// A pool on hookd's database; `HOOKD_SCHEMA` names hookd's schema as it does for hookd.
 pub async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("DATABASE_URL is invalid")?;
+    let schema: Schema = match std::env::var("HOOKD_SCHEMA") {
+        Ok(name) => name.parse().map_err(anyhow::Error::msg).context("HOOKD_SCHEMA")?,
+        Err(_) => Schema::default(),
+    };
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connect_with(schema::connect_options(options, &schema))
         .await
         .context("connecting to DATABASE_URL")
 }

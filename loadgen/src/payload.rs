@@ -25,7 +25,7 @@ pub fn business_phone(k: u64) -> String {
 /// SQL creating the businesses (idempotent); `$1` is the count.
 pub const SEED_BUSINESSES_SQL: &str = "
     INSERT INTO businesses (name, phone_number, stripe_customer_id, stripe_subscription_id,
-                            subscription_status, plan_id)
+                            subscription_status, subscription_plan)
     SELECT 'Loadgen Business ' || k, '+1555030' || lpad(k::text, 4, '0'), 'cus_loadgen_' || k,
            'sub_loadgen_' || k, 'active', 'price_hookd_pro_monthly'
     FROM generate_series(0, $1::int - 1) AS k

@@ -10,7 +10,6 @@ use hookd::Config;
 use hookd::config::Sources;
 use hookd::verify::{standard, stripe, telnyx};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,10 +47,7 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
 
 /// A pool of its own on the test's database, as hookd would open it.
 pub fn pool_like(pool: &PgPool, max: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(std::time::Duration::from_secs(3))
-        .connect_lazy_with((*pool.connect_options()).clone())
+    hookd::pool_like(pool, &hookd::Schema::default(), max)
 }
 
 pub struct Hookd {
@@ -207,7 +203,9 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 /// A worker like hookd's, to drive processing step by step with `process_batch`.
 pub fn worker(pool: &PgPool, extra: &[(&str, &str)]) -> hookd::worker::Worker {
-    hookd::worker(pool.clone(), &config(extra), std::sync::Arc::default()).expect("worker")
+    let tables = hookd::AppTables::full();
+    hookd::worker(pool.clone(), &config(extra), &tables, std::sync::Arc::default())
+        .expect("worker")
 }
 
 /// Processes until nothing is due within `horizon`, sleeping briefly while retries wait.

@@ -13,6 +13,10 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
+    /// hookd's own schema in that database.
+    #[arg(long, env = "HOOKD_SCHEMA", default_value = "hookd")]
+    pub schema: common::db::schema::Schema,
+
     /// Notify when the event success rate of the last 5 minutes falls below this fraction.
     #[arg(long, default_value_t = 0.9, value_parser = fraction)]
     pub alert_below: f64,

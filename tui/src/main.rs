@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         eprintln!("hooktop: DATABASE_URL (or --database-url) is not a valid PostgreSQL URL");
         return ExitCode::from(2);
     };
+    let options = common::db::schema::connect_options(options, &cli.schema);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -9,7 +9,6 @@ use hookd::Config;
 use hookd::config::Sources;
 use hookd::verify::{standard, stripe};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 const STRIPE_SECRET: &str = "whsec_test_secret";
@@ -42,9 +41,7 @@ struct Hookd {
 impl Hookd {
     async fn start(pool: &PgPool) -> Hookd {
         let config = config();
-        let own_pool = PgPoolOptions::new()
-            .max_connections(config.db_max_connections)
-            .connect_lazy_with((*pool.connect_options()).clone());
+        let own_pool = hookd::pool_like(pool, &config.schema, config.db_max_connections);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

@@ -317,8 +317,9 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
     }
     sqlx::query(
         "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error,
-                                     http_status, response_body, dead_at)
-         SELECT r.*, CASE WHEN r.outcome = 'dead' THEN now() END
+                                     http_status, response_body, dead_at, processed_at)
+         SELECT r.*, CASE WHEN r.outcome = 'dead' THEN now() END,
+                r.started_at + r.duration_ms * interval '1 millisecond'
          FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::text[],
                      $6::text[], $7::int[], $8::text[])
               AS r(event_id, attempt, started_at, duration_ms, outcome, error, http_status,

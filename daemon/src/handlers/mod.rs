@@ -7,6 +7,7 @@ mod stripe;
 mod telnyx;
 
 use common::Source;
+use common::db::business::Statements;
 use common::db::events::ClaimedEvent;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -31,11 +32,15 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
 }
 
-pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outcome, HandlerError> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    event: &ClaimedEvent,
+) -> Result<Outcome, HandlerError> {
     match event.source() {
-        Source::Stripe => stripe::apply(conn, event).await,
-        Source::Telnyx => telnyx::apply(conn, event).await,
-        Source::Custom => custom::apply(conn, event).await,
+        Source::Stripe => stripe::apply(conn, statements, event).await,
+        Source::Telnyx => telnyx::apply(conn, statements, event).await,
+        Source::Custom => custom::apply(conn, statements, event).await,
     }
 }
 

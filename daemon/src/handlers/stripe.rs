@@ -1,31 +1,74 @@
 //! Stripe: subscription lifecycle and invoice payments, onto `businesses`.
 
 use common::Source;
-use common::db::business::{self, Applied, InvoiceOutcome, SubscriptionChange};
+use common::db::business::{
+    self, Applied, AuditEntry, BusinessRef, InvoiceOutcome, Statements, SubscriptionChange,
+};
 use common::db::events::ClaimedEvent;
 use serde_json::json;
 use sqlx::PgConnection;
 
 use super::{Fields, HandlerError, Outcome};
 
-pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outcome, HandlerError> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    event: &ClaimedEvent,
+) -> Result<Outcome, HandlerError> {
     let fields = Fields(&event.payload);
     let created = fields.unix_time("/created")?;
-    let applied = match event.event_type.as_str() {
-        "customer.subscription.created"
+    let plan = fields
+        .opt_str("/data/object/items/data/0/price/id")
+        .or_else(|| fields.opt_str("/data/object/plan/id"));
+    let (applied, business, action, mut details) = match event.event_type.as_str() {
+        kind @ ("customer.subscription.created"
         | "customer.subscription.updated"
-        | "customer.subscription.deleted" => {
+        | "customer.subscription.deleted") => {
             let change = SubscriptionChange {
                 customer_id: fields.str("/data/object/customer")?,
                 subscription_id: fields.str("/data/object/id")?,
                 status: fields.str("/data/object/status")?,
-                plan_id: fields
-                    .opt_str("/data/object/items/data/0/price/id")
-                    .or_else(|| fields.opt_str("/data/object/plan/id")),
-                started_at: fields.opt_unix_time("/data/object/start_date"),
+                plan,
+                // The runbook takes the subscription's `created`; `start_date` is when billing
+                // began, where the event has it.
+                start_date: fields
+                    .opt_unix_time("/data/object/start_date")
+                    .or_else(|| fields.opt_unix_time("/data/object/created")),
                 event_created: created,
             };
-            business::apply_subscription(conn, &change).await?
+            let applied = business::apply_subscription(conn, &change).await?;
+            let (action, details) = match kind {
+                "customer.subscription.created" => (
+                    "subscription_created",
+                    json!({
+                        "subscription_id": change.subscription_id,
+                        "customer_id": change.customer_id,
+                        "plan_id": plan,
+                    }),
+                ),
+                "customer.subscription.updated" => (
+                    "subscription_updated",
+                    json!({
+                        "subscription_id": change.subscription_id,
+                        "status": change.status,
+                        "plan_id": plan,
+                    }),
+                ),
+                _ => (
+                    "subscription_deleted",
+                    json!({
+                        "subscription_id": change.subscription_id,
+                        "customer_id": change.customer_id,
+                        "status": change.status,
+                    }),
+                ),
+            };
+            (
+                applied,
+                BusinessRef::Customer(change.customer_id),
+                action,
+                details,
+            )
         }
         kind @ ("invoice.payment_succeeded" | "invoice.payment_failed") => {
             // Newer API versions moved the subscription under `parent`.
@@ -49,13 +92,23 @@ pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outc
                 paid_at,
                 event_created: created,
             };
-            business::apply_invoice(conn, &invoice).await?
+            let applied = business::apply_invoice(conn, &invoice).await?;
+            let paid = kind == "invoice.payment_succeeded";
+            let amount = if paid { "amount_paid" } else { "amount_due" };
+            let details = json!({
+                "invoice_id": fields.opt_str("/data/object/id"),
+                "subscription_id": subscription_id,
+                "amount": event.payload.pointer(&format!("/data/object/{amount}")),
+                "currency": fields.opt_str("/data/object/currency"),
+            });
+            let action = if paid { "payment_succeeded" } else { "payment_failed" };
+            (applied, invoice.business(), action, details)
         }
         _ => return Ok(Outcome::Unhandled),
     };
-    let (business_id, stale) = match applied {
-        Applied::Updated { business_id } => (business_id, false),
-        Applied::Stale { business_id } => (business_id, true),
+    match applied {
+        Applied::Updated => {}
+        Applied::Stale => details["stale"] = json!(true),
         Applied::NoBusiness => {
             let who = fields
                 .opt_str("/data/object/customer")
@@ -65,20 +118,18 @@ pub async fn apply(conn: &mut PgConnection, event: &ClaimedEvent) -> Result<Outc
                 "no business is linked to Stripe {who}"
             )));
         }
-    };
-    let details = json!({
-        "stripe_event_id": event.event_id,
-        "object_id": fields.opt_str("/data/object/id"),
-        "status": fields.opt_str("/data/object/status"),
-        "stale": stale,
-    });
+    }
+    details["stripe_event_id"] = json!(event.event_id);
     business::insert_audit(
         conn,
-        Some(business_id),
-        event.id,
-        Source::Stripe,
-        &event.event_type,
-        &details,
+        statements,
+        &AuditEntry {
+            action,
+            details: &details,
+            business,
+            webhook_id: event.id,
+            source: Source::Stripe,
+        },
     )
     .await?;
     Ok(Outcome::Applied)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent, Lease};
+use common::db::business::Statements;
 use common::db::stats;
 use common::{EVENTS_CHANNEL, State};
 use sqlx::{PgConnection, PgPool};
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub forward_timeout: Duration,
+    /// The built-in handlers' statements, shaped by the application's tables.
+    pub statements: Statements,
 }
 
 /// When the workers of this process last came round their loop, for the health check and
@@ -212,13 +215,13 @@ impl Worker {
         let max_attempts = self.config.policy.max_attempts;
         let result = match precondition(event, delivery, max_attempts) {
             Err(failure) => Err(failure),
-            Ok(()) if isolation == Isolation::Batch => match apply(tx, event, delivery).await {
+            Ok(()) if isolation == Isolation::Batch => match apply(tx, &self.config.statements, event, delivery).await {
                 Err(_) => return Err(Retry::HandlerFailed),
                 ok => ok,
             },
             Ok(()) => {
                 let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-                let result = apply(&mut savepoint, event, delivery).await;
+                let result = apply(&mut savepoint, &self.config.statements, event, delivery).await;
                 if result.is_ok() {
                     savepoint.commit().await?;
                 } else {
@@ -387,10 +390,11 @@ fn precondition(
 /// Runs the event's handler and says which state the event ends in.
 async fn apply(
     conn: &mut PgConnection,
+    statements: &Statements,
     event: &ClaimedEvent,
     delivery: Option<&Delivery>,
 ) -> Result<State, Failure> {
-    match handlers::apply(conn, event).await {
+    match handlers::apply(conn, statements, event).await {
         Ok(Outcome::Applied) => Ok(State::Succeeded),
         Ok(Outcome::Unhandled) if delivery.is_some() => Ok(State::Succeeded),
         Ok(Outcome::Unhandled) => Ok(State::Skipped),
