@@ -31,10 +31,10 @@ pub use config::Config;
 pub use http::{AppState, app};
 
 use crate::announce::Announcer;
-use common::db::business::Statements;
 use crate::handlers::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::worker::{RetryPolicy, Worker, WorkerConfig};
+use common::db::business::Statements;
 
 /// How long a request waits for a database connection before hookd answers 503: a sender
 /// retries sooner than it would wait.
@@ -65,7 +65,10 @@ fn pool_with(options: PgConnectOptions, schema: &Schema, max_connections: u32) -
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(schema::connect_options(options.application_name("hookd"), schema))
+        .connect_lazy_with(schema::connect_options(
+            options.application_name("hookd"),
+            schema,
+        ))
 }
 
 /// Applies the schema, after checking that the application's tables fit hookd's handlers.

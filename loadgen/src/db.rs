@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::Source;
 use common::db::dlq::{self, DeadFilter};
+use common::db::schema::{self, Schema};
 use common::db::stats;
 use serde::Serialize;
 use sqlx::PgPool;
-use common::db::schema::{self, Schema};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::payload::{Ids, SEED_BUSINESSES_SQL};
@@ -18,7 +18,10 @@ use crate::payload::{Ids, SEED_BUSINESSES_SQL};
 pub async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().context("DATABASE_URL is invalid")?;
     let schema: Schema = match std::env::var("HOOKD_SCHEMA") {
-        Ok(name) => name.parse().map_err(anyhow::Error::msg).context("HOOKD_SCHEMA")?,
+        Ok(name) => name
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .context("HOOKD_SCHEMA")?,
         Err(_) => Schema::default(),
     };
     PgPoolOptions::new()

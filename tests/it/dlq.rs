@@ -145,66 +145,6 @@ async fn purge_removes_only_dead_events_older_than_the_age(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn the_runbook_sql_keeps_working(pool: PgPool) {
-    five_dead(&pool).await;
-    sqlx::query(
-        "UPDATE events SET state = 'succeeded', dead_at = NULL, processed_at = now() WHERE id = 1",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let logs: Vec<(i64, String, Option<String>)> =
-        sqlx::query_as("SELECT id, status, error FROM webhook_logs ORDER BY processed_at DESC NULLS LAST, id LIMIT 2")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(logs[0], (1, "succeeded".into(), Some("timeout".into())));
-    let failed: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM failed_webhooks ORDER BY failed_at DESC")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(failed, [2, 3, 4, 5]);
-    // Dead 2..5 days ago: none is older than 7 days yet, then two are.
-    let purge = "DELETE FROM failed_webhooks WHERE failed_at < NOW() - INTERVAL '7 days'";
-    assert_eq!(
-        sqlx::query(purge)
-            .execute(&pool)
-            .await
-            .unwrap()
-            .rows_affected(),
-        0
-    );
-    sqlx::query("UPDATE events SET dead_at = dead_at - interval '3 days'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        sqlx::query(purge)
-            .execute(&pool)
-            .await
-            .unwrap()
-            .rows_affected(),
-        2
-    );
-    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        left,
-        [1, 2, 3],
-        "the succeeded event is not in the DLQ view and stays"
-    );
-    let attempts: Vec<i64> =
-        sqlx::query_scalar("SELECT DISTINCT event_id FROM event_attempts ORDER BY event_id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(attempts, [1, 2, 3], "history goes with the events");
-}
-
 /// Creates the dead-letter partitions of the last `days` days, as a hookd that saw events die
 /// on each of them would have left them.
 async fn past_days(pool: &PgPool, days: i32) {

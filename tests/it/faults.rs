@@ -705,8 +705,10 @@ async fn database_outage_scenario(cycles: usize, down_for: Duration) {
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&url)
-        .unwrap();
+        .connect_lazy_with(hookd::schema::connect_options(
+            url.parse().unwrap(),
+            &hookd::Schema::default(),
+        ));
     // hookd has migrated once it answers its health check.
     let deadline = Instant::now() + Duration::from_secs(30);
     while health(port, None).await.0 != 200 {

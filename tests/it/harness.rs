@@ -204,8 +204,13 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 /// A worker like hookd's, to drive processing step by step with `process_batch`.
 pub fn worker(pool: &PgPool, extra: &[(&str, &str)]) -> hookd::worker::Worker {
     let tables = hookd::AppTables::full();
-    hookd::worker(pool.clone(), &config(extra), &tables, std::sync::Arc::default())
-        .expect("worker")
+    hookd::worker(
+        pool.clone(),
+        &config(extra),
+        &tables,
+        std::sync::Arc::default(),
+    )
+    .expect("worker")
 }
 
 /// Processes until nothing is due within `horizon`, sleeping briefly while retries wait.

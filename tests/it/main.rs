@@ -10,5 +10,6 @@ mod harness;
 mod ingest;
 mod processes;
 mod processing;
+mod runbook;
 mod systemd;
 mod upgrade;

@@ -27,15 +27,15 @@ fn subscription(customer: &str, status: &str) -> serde_json::Value {
 struct Business {
     stripe_subscription_id: Option<String>,
     subscription_status: Option<String>,
-    plan_id: Option<String>,
-    subscription_started_at: Option<DateTime<Utc>>,
-    last_payment_at: Option<DateTime<Utc>>,
+    subscription_plan: Option<String>,
+    subscription_start_date: Option<DateTime<Utc>>,
+    last_payment_date: Option<DateTime<Utc>>,
 }
 
 async fn business(pool: &PgPool, id: i64) -> Business {
     sqlx::query_as(
-        "SELECT stripe_subscription_id, subscription_status, plan_id, subscription_started_at,
-                last_payment_at
+        "SELECT stripe_subscription_id, subscription_status, subscription_plan,
+                subscription_start_date, last_payment_date
          FROM businesses WHERE id = $1",
     )
     .bind(id)
@@ -73,23 +73,25 @@ async fn stripe_subscription_events_update_the_business_and_the_audit_log(pool: 
         Business {
             stripe_subscription_id: Some("sub_1".into()),
             subscription_status: Some("active".into()),
-            plan_id: Some("price_pro".into()),
-            subscription_started_at: Some(at(1_700_000_000)),
-            last_payment_at: None,
+            subscription_plan: Some("price_pro".into()),
+            subscription_start_date: Some(at(1_700_000_000)),
+            last_payment_date: None,
         }
     );
-    let audit: (Option<i64>, i64, String, String) =
-        sqlx::query_as("SELECT business_id, webhook_id, source, action FROM audit_logs")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let audit: (Option<i64>, i64, String, String, serde_json::Value) = sqlx::query_as(
+        "SELECT business_id, webhook_id, source, action, details - 'stripe_event_id' FROM audit_logs",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         audit,
         (
             Some(biz),
             id,
             "stripe".into(),
-            "customer.subscription.created".into()
+            "subscription_created".into(),
+            json!({"subscription_id": "sub_1", "customer_id": "cus_1", "plan_id": "price_pro"}),
         )
     );
     let attempts = events::attempts(&pool, id).await.unwrap();
@@ -122,17 +124,18 @@ async fn stripe_out_of_order_deliveries_keep_the_newest_state(pool: PgPool) {
         business(&pool, biz).await.subscription_status.as_deref(),
         Some("canceled")
     );
-    let stale: Vec<(String, bool)> =
-        sqlx::query_as("SELECT action, (details->>'stale')::bool FROM audit_logs ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let stale: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT action, coalesce((details->>'stale')::bool, false) FROM audit_logs ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         stale,
         vec![
-            ("customer.subscription.updated".into(), false),
-            ("customer.subscription.deleted".into(), false),
-            ("customer.subscription.created".into(), true),
+            ("subscription_updated".into(), false),
+            ("subscription_deleted".into(), false),
+            ("subscription_created".into(), true),
         ]
     );
     // A late payment failure older than the cancellation does not resurrect "past_due".
@@ -189,7 +192,7 @@ async fn both_invoice_shapes_record_payments_and_never_move_them_back(pool: PgPo
         drain(&worker, &pool, SOON).await;
     }
     assert_eq!(
-        business(&pool, biz).await.last_payment_at,
+        business(&pool, biz).await.last_payment_date,
         Some(at(1_700_000_900))
     );
     assert_eq!(
@@ -374,6 +377,9 @@ fn call(kind: &str, extra: serde_json::Value) -> serde_json::Value {
 #[derive(Debug, PartialEq, sqlx::FromRow)]
 struct CallLog {
     business_id: Option<i64>,
+    customer_phone: Option<String>,
+    business_phone: Option<String>,
+    call_type: Option<String>,
     status: String,
     started_at: Option<DateTime<Utc>>,
     answered_at: Option<DateTime<Utc>>,
@@ -417,8 +423,9 @@ async fn telnyx_calls_converge_whatever_the_arrival_order(pool: PgPool) {
             drain(&worker, &pool, SOON).await;
         }
         let row: CallLog = sqlx::query_as(
-            "SELECT business_id, status, started_at, answered_at, ended_at, hangup_cause, duration_secs
-             FROM call_logs WHERE call_control_id = 'v3:call-1'",
+            "SELECT business_id, customer_phone, business_phone, call_type, status, started_at,
+                    answered_at, ended_at, hangup_cause, duration_secs
+             FROM call_logs WHERE call_id = 'v3:call-1'",
         )
         .fetch_one(&pool)
         .await
@@ -427,6 +434,9 @@ async fn telnyx_calls_converge_whatever_the_arrival_order(pool: PgPool) {
             row,
             CallLog {
                 business_id: Some(biz),
+                customer_phone: Some("+15557654321".into()),
+                business_phone: Some("+15550100000".into()),
+                call_type: Some("inbound".into()),
                 status: "completed".into(),
                 started_at: Some("2026-11-29T03:00:00Z".parse().unwrap()),
                 answered_at: Some("2026-11-29T03:00:05Z".parse().unwrap()),
@@ -480,9 +490,17 @@ async fn telnyx_messages_are_logged_with_or_without_a_business(pool: PgPool) {
         store(&pool, Source::Telnyx, &id, kind, &body).await;
         drain(&worker, &pool, SOON).await;
     }
-    type SmsRow = (String, Option<i64>, String, String, Option<DateTime<Utc>>);
+    type SmsRow = (
+        String,
+        Option<i64>,
+        String,
+        String,
+        String,
+        Option<DateTime<Utc>>,
+    );
     let rows: Vec<SmsRow> = sqlx::query_as(
-        "SELECT message_id, business_id, direction, status, completed_at FROM sms_logs ORDER BY message_id",
+        "SELECT message_id, business_id, message_type, customer_phone, status, completed_at
+         FROM sms_logs ORDER BY message_id",
     )
     .fetch_all(&pool)
     .await
@@ -494,6 +512,7 @@ async fn telnyx_messages_are_logged_with_or_without_a_business(pool: PgPool) {
                 "msg-in".into(),
                 Some(biz),
                 "inbound".into(),
+                "+15557654321".into(),
                 "received".into(),
                 None
             ),
@@ -501,6 +520,7 @@ async fn telnyx_messages_are_logged_with_or_without_a_business(pool: PgPool) {
                 "msg-out".into(),
                 Some(biz),
                 "outbound".into(),
+                "+15557654321".into(),
                 "delivered".into(),
                 Some("2026-11-29T03:00:03Z".parse().unwrap())
             ),
@@ -710,7 +730,7 @@ async fn a_batch_locks_businesses_in_key_order_so_batches_cannot_deadlock(pool: 
         &pool,
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock'
-           AND query LIKE '%FROM businesses%'",
+           AND query LIKE '%businesses%'",
         1,
         PATIENCE,
     )

@@ -131,8 +131,9 @@ impl Statements {
         );
         let mut message_merge = String::new();
         if tables.has("sms_logs", "completed_at") {
-            message_merge
-                .push_str(",\n completed_at = COALESCE(sms_logs.completed_at, EXCLUDED.completed_at)");
+            message_merge.push_str(
+                ",\n completed_at = COALESCE(sms_logs.completed_at, EXCLUDED.completed_at)",
+            );
         }
         if tables.has("sms_logs", "updated_at") {
             message_merge.push_str(",\n updated_at = now()");

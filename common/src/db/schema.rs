@@ -88,9 +88,8 @@ impl SchemaError {
     /// from one that refused what hookd asked.
     pub fn database(&self) -> Option<&sqlx::Error> {
         match self {
-            SchemaError::Database(e) | SchemaError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
-                Some(e)
-            }
+            SchemaError::Database(e)
+            | SchemaError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => Some(e),
             _ => None,
         }
     }
@@ -379,7 +378,11 @@ fn fit(
                 format!("missing (expected {})", want.kind.expected()),
             )),
             None => {}
-            Some(a) if !want.kind.accepts(&a.typname, business_key.as_deref(), &a.format) => {
+            Some(a)
+                if !want
+                    .kind
+                    .accepts(&a.typname, business_key.as_deref(), &a.format) =>
+            {
                 let expected = match want.kind {
                     Kind::BusinessKey => business_key.clone().unwrap_or_default(),
                     kind => kind.expected().to_owned(),
@@ -411,7 +414,10 @@ fn fit(
         }
     }
     // Rows hookd inserts must be complete without the columns it does not know.
-    for a in attributes.iter().filter(|a| a.unfilled && a.table != "businesses") {
+    for a in attributes
+        .iter()
+        .filter(|a| a.unfilled && a.table != "businesses")
+    {
         let written = COLUMNS
             .iter()
             .any(|c| c.table == a.table && c.name == a.column);
@@ -437,11 +443,13 @@ fn fit(
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<AppTables, SchemaError> {
     let mut conn = pool.acquire().await?;
     // On this connection whatever pool it came from: the migrations must run in hookd's schema.
-    sqlx::query("SELECT set_config('search_path', $1, false), set_config('hookd.schema', $2, false)")
-        .bind(format!("{schema},{APP_SCHEMA}"))
-        .bind(schema.as_str())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('search_path', $1, false), set_config('hookd.schema', $2, false)",
+    )
+    .bind(format!("{schema},{APP_SCHEMA}"))
+    .bind(schema.as_str())
+    .execute(&mut *conn)
+    .await?;
     let ours = crate::MIGRATOR.iter().next().map(|m| m.checksum.to_vec());
     let mut tx = conn.begin().await?;
     // Two hookd processes starting together take turns.
@@ -496,7 +504,9 @@ mod tests {
     fn schema_names_are_plain_identifiers() {
         assert_eq!("hookd".parse::<Schema>().unwrap().as_str(), "hookd");
         assert_eq!("hookd_2".parse::<Schema>().unwrap().as_str(), "hookd_2");
-        for bad in ["", "Hookd", "public", "pg_hookd", "hook d", "a\"b", "1hookd"] {
+        for bad in [
+            "", "Hookd", "public", "pg_hookd", "hook d", "a\"b", "1hookd",
+        ] {
             assert!(bad.parse::<Schema>().is_err(), "{bad:?} must be refused");
         }
     }
@@ -539,7 +549,10 @@ mod tests {
         let tables = fit(&kinds, &columns, &[]).unwrap();
         assert_eq!(tables.business_key(), Some("uuid"));
         assert!(!tables.has("businesses", "phone_number"));
-        assert!(tables.has("call_logs", "business_id"), "call_logs is created");
+        assert!(
+            tables.has("call_logs", "business_id"),
+            "call_logs is created"
+        );
 
         columns.retain(|a| a.column != "last_payment_date");
         columns.push(attribute("businesses", "subscription_plan", "int8"));

@@ -101,7 +101,11 @@ pub async fn apply(
                 "amount": event.payload.pointer(&format!("/data/object/{amount}")),
                 "currency": fields.opt_str("/data/object/currency"),
             });
-            let action = if paid { "payment_succeeded" } else { "payment_failed" };
+            let action = if paid {
+                "payment_succeeded"
+            } else {
+                "payment_failed"
+            };
             (applied, invoice.business(), action, details)
         }
         _ => return Ok(Outcome::Unhandled),

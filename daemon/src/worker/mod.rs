@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent, Lease};
 use common::db::business::Statements;
+use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent, Lease};
 use common::db::stats;
 use common::{EVENTS_CHANNEL, State};
 use sqlx::{PgConnection, PgPool};
@@ -215,10 +215,12 @@ impl Worker {
         let max_attempts = self.config.policy.max_attempts;
         let result = match precondition(event, delivery, max_attempts) {
             Err(failure) => Err(failure),
-            Ok(()) if isolation == Isolation::Batch => match apply(tx, &self.config.statements, event, delivery).await {
-                Err(_) => return Err(Retry::HandlerFailed),
-                ok => ok,
-            },
+            Ok(()) if isolation == Isolation::Batch => {
+                match apply(tx, &self.config.statements, event, delivery).await {
+                    Err(_) => return Err(Retry::HandlerFailed),
+                    ok => ok,
+                }
+            }
             Ok(()) => {
                 let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
                 let result = apply(&mut savepoint, &self.config.statements, event, delivery).await;
