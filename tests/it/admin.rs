@@ -124,7 +124,7 @@ async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
 
     let (status, page) = get("/api/webhooks/dlq?source=custom&limit=2").await;
     assert_eq!(status, 200);
-    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["failed_webhooks"].as_array().unwrap().len(), 2);
     let next = page["next_before_id"].as_i64().unwrap();
     let (_, rest) = call(
         &hookd,
@@ -134,12 +134,15 @@ async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
         None,
     )
     .await;
-    assert_eq!(rest["events"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["failed_webhooks"].as_array().unwrap().len(), 1);
     assert_eq!(rest["next_before_id"], Value::Null);
     // Hostile filters are values, never SQL; absurd limits are refused.
     let (status, none) =
         get("/api/webhooks/dlq?event_type=x%27%3B%20DROP%20TABLE%20events%3B--").await;
-    assert_eq!((status, none["events"].as_array().unwrap().len()), (200, 0));
+    assert_eq!(
+        (status, none["failed_webhooks"].as_array().unwrap().len()),
+        (200, 0)
+    );
     assert_eq!(get("/api/webhooks/dlq?limit=100000000").await.0, 400);
     assert_eq!(get("/api/webhooks/dlq?limit=-1").await.0, 400);
     assert_eq!(get("/api/webhooks/dlq?source=paypal").await.0, 400);

@@ -195,7 +195,7 @@ async fn the_on_call_story_unknown_customer_dies_then_retry_succeeds(pool: PgPoo
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed[0]["id"], id);
     assert_eq!(
-        listed[0]["last_error"],
+        listed[0]["error_message"],
         "no business is linked to Stripe customer cus_new"
     );
 

@@ -62,7 +62,8 @@ async fn stripe_handlers_write_the_runbook_columns(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let hookd = Hookd::start(&pool, config(&[])).await;
+    let token = "runbook-admin-token-0123456789abcdef";
+    let hookd = Hookd::start(&pool, config(&[("HOOKD_ADMIN_TOKEN", token)])).await;
     let deliveries = [
         stripe_event(
             "evt_created",
@@ -132,6 +133,29 @@ async fn stripe_handlers_write_the_runbook_columns(pool: PgPool) {
             ),
         ]
     );
+    // The runbook's analytics route: its `stats`, total and success rate.
+    let analytics: Value = hookd
+        .client
+        .get(hookd.url("/api/webhooks/analytics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut stats = analytics["stats"].as_array().unwrap().clone();
+    stats.sort_by_key(|s| s["event_type"].as_str().unwrap().to_owned());
+    assert_eq!(
+        Value::Array(stats),
+        json!([
+            {"event_type": "customer.subscription.created", "status": "success", "count": 1},
+            {"event_type": "customer.subscription.updated", "status": "success", "count": 1},
+            {"event_type": "invoice.payment_succeeded", "status": "success", "count": 1},
+        ])
+    );
+    assert_eq!(analytics["total_processed"], 3);
+    assert_eq!(analytics["success_rate"], 100.0);
     hookd.stop().await;
 }
 

@@ -113,3 +113,216 @@ async fn partitioning_the_dead_letter_queue_keeps_everything(pool: PgPool) {
         "the 90-day-old event's day is dropped"
     );
 }
+
+/// Migration 0006: an install made before hookd had a schema of its own (every table in
+/// `public`, the business tables under hookd's former names) keeps every row, under the
+/// runbook's names, and hookd's own tables and history move into its schema.
+#[sqlx::test(migrations = false)]
+async fn the_runbook_names_keep_every_row(pool: PgPool) {
+    let before = Migrator {
+        migrations: Cow::Owned(MIGRATOR.migrations[..5].to_vec()),
+        ..Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO businesses (name, phone_number, stripe_customer_id, stripe_subscription_id,
+                                 subscription_status, plan_id, subscription_started_at,
+                                 last_payment_at, stripe_state_at)
+         VALUES ('Acme', '+15550100001', 'cus_1', 'sub_1', 'active', 'price_pro',
+                 '2026-01-01T00:00:00Z', '2026-11-01T00:00:00Z', '2026-11-02T00:00:00Z');
+         INSERT INTO call_logs (call_control_id, business_id, direction, from_number, to_number,
+                                stage, status, started_at)
+         VALUES ('cc-in', 1, 'incoming', '+15557654321', '+15550100001', 1, 'initiated',
+                 '2026-11-29T03:00:00Z'),
+                ('cc-out', 1, 'outgoing', '+15550100001', '+15557654321', 3, 'completed',
+                 '2026-11-29T04:00:00Z');
+         INSERT INTO sms_logs (message_id, business_id, direction, from_number, to_number, body,
+                               stage, status, sent_at)
+         VALUES ('m-in', 1, 'inbound', '+15557654321', '+15550100001', 'hi', 1, 'received',
+                 '2026-11-29T03:00:00Z'),
+                ('m-out', 1, 'outbound', '+15550100001', '+15557654321', 'hello', 2, 'delivered',
+                 '2026-11-29T03:01:00Z');
+         INSERT INTO audit_logs (business_id, webhook_id, source, action, details)
+         VALUES (1, 7, 'stripe', 'customer.subscription.updated',
+                 '{\"object_id\": \"sub_1\", \"status\": \"active\"}'),
+                (1, 8, 'stripe', 'invoice.payment_succeeded', '{\"object_id\": \"in_1\"}'),
+                (1, 9, 'custom', 'plan.changed', '{\"data\": {}}');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    backlog(&pool, 3).await;
+    sqlx::query(
+        "UPDATE events SET state = 'dead', dead_at = now(), last_error = 'boom' WHERE id = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error)
+         VALUES (1, 1, now() - interval '1 minute', 250, 'dead', 'boom'),
+                (2, 1, now() - interval '1 minute', 10, 'succeeded', NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let events = "SELECT string_agg(concat_ws(',', id, source, event_id, state, body), ';'
+                                    ORDER BY id) FROM events";
+    let events_before: String = sqlx::query_scalar(events).fetch_one(&pool).await.unwrap();
+
+    let tables = hookd::migrate(&pool, &hookd::Schema::default())
+        .await
+        .unwrap();
+    assert_eq!(tables, hookd::AppTables::full(), "hookd's own tables fit");
+
+    let events_after: String = sqlx::query_scalar(events).fetch_one(&pool).await.unwrap();
+    assert_eq!(events_after, events_before);
+    let homes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT relname::text, relnamespace::regnamespace::text FROM pg_class
+         WHERE relname IN ('events', 'events_live', 'event_keys', 'event_attempts', 'stats_minute',
+                           '_sqlx_migrations', 'businesses', 'call_logs', 'webhook_logs')
+         ORDER BY relname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let homes: Vec<(&str, &str)> = homes
+        .iter()
+        .map(|(r, n)| (r.as_str(), n.as_str()))
+        .collect();
+    assert_eq!(
+        homes,
+        [
+            ("_sqlx_migrations", "hookd"),
+            ("businesses", "public"),
+            ("call_logs", "public"),
+            ("event_attempts", "hookd"),
+            ("event_keys", "hookd"),
+            ("events", "hookd"),
+            ("events_live", "hookd"),
+            ("stats_minute", "hookd"),
+            ("webhook_logs", "public"),
+        ]
+    );
+    let business: (String, String, String, String) = sqlx::query_as(
+        "SELECT subscription_plan, subscription_start_date::text, last_payment_date::text,
+                (SELECT state_at::text FROM stripe_state WHERE customer_id = 'cus_1')
+         FROM businesses",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        business,
+        (
+            "price_pro".into(),
+            "2026-01-01 00:00:00+00".into(),
+            "2026-11-01 00:00:00+00".into(),
+            "2026-11-02 00:00:00+00".into(),
+        )
+    );
+    let calls: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT call_id, call_type, customer_phone, business_phone, status FROM call_logs
+         ORDER BY call_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let customer = "+15557654321".to_owned();
+    let ours = "+15550100001".to_owned();
+    assert_eq!(
+        calls,
+        [
+            (
+                "cc-in".into(),
+                "inbound".into(),
+                customer.clone(),
+                ours.clone(),
+                "initiated".into()
+            ),
+            (
+                "cc-out".into(),
+                "outbound".into(),
+                customer.clone(),
+                ours.clone(),
+                "completed".into()
+            ),
+        ]
+    );
+    let messages: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+        "SELECT message_id, message_type, customer_phone, business_phone, content,
+                received_at::text
+         FROM sms_logs ORDER BY message_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        messages,
+        [
+            (
+                "m-in".into(),
+                "inbound".into(),
+                customer.clone(),
+                ours.clone(),
+                "hi".into(),
+                "2026-11-29 03:00:00+00".into()
+            ),
+            (
+                "m-out".into(),
+                "outbound".into(),
+                customer,
+                ours,
+                "hello".into(),
+                "2026-11-29 03:01:00+00".into()
+            ),
+        ]
+    );
+    let audit: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT action, details->>'subscription_id', details->>'invoice_id' FROM audit_logs
+         ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        audit,
+        [
+            ("subscription_updated".into(), Some("sub_1".into()), None),
+            ("payment_succeeded".into(), None, Some("in_1".into())),
+            ("plan.changed".into(), None, None),
+        ]
+    );
+    let logs: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT webhook_id, event_id, status, error_message FROM webhook_logs ORDER BY webhook_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(logs.len(), 2);
+    assert_eq!(
+        (logs[0].2.as_str(), logs[0].3.as_deref()),
+        ("failure", Some("boom"))
+    );
+    assert_eq!(logs[1].2, "success");
+    let failed: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, error_message FROM failed_webhooks")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(failed, [(1, "boom".to_owned())]);
+
+    // A second start finds everything in place, and ingest carries on.
+    hookd::migrate(&pool, &hookd::Schema::default())
+        .await
+        .unwrap();
+    let next = store(
+        &pool,
+        common::Source::Custom,
+        "msg_after",
+        "load.test",
+        "{}",
+    )
+    .await;
+    assert_eq!(next, 4);
+}

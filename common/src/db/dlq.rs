@@ -39,8 +39,11 @@ pub struct DeadEvent {
     pub event_id: String,
     pub event_type: String,
     pub attempts: i32,
+    /// Serialised under the runbook's names, as `failed_webhooks` has them.
+    #[serde(rename = "error_message")]
     pub last_error: Option<String>,
     pub received_at: DateTime<Utc>,
+    #[serde(rename = "failed_at")]
     pub dead_at: DateTime<Utc>,
 }
 

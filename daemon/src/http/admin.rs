@@ -110,7 +110,9 @@ pub async fn list_dead(
     let next = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    Ok(Json(json!({ "events": events, "next_before_id": next })))
+    Ok(Json(
+        json!({ "failed_webhooks": events, "next_before_id": next }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,8 +187,25 @@ pub async fn analytics(State(state): State<AppState>) -> Result<Json<Value>, Api
     let pool = state.pool();
     let hour = stats::totals(pool, chrono::Duration::hours(1)).await?;
     let day = stats::totals(pool, chrono::Duration::hours(24)).await?;
-    let by_type: Vec<Value> = stats::by_type(pool, chrono::Duration::hours(24))
-        .await?
+    let types = stats::by_type(pool, chrono::Duration::hours(24)).await?;
+    // The runbook's `getWebhookStats`: processings in the last 24 hours by event type and
+    // status, from the counters instead of a scan of `webhook_logs`.
+    let mut runbook_stats = Vec::new();
+    let (mut processed, mut succeeded) = (0, 0);
+    for t in &types {
+        let success = t.succeeded + t.skipped;
+        let failure = t.failed + t.dead;
+        processed += success + failure;
+        succeeded += success;
+        for (status, count) in [("success", success), ("failure", failure)] {
+            if count > 0 {
+                runbook_stats.push(json!({
+                    "event_type": t.event_type, "status": status, "count": count,
+                }));
+            }
+        }
+    }
+    let by_type: Vec<Value> = types
         .into_iter()
         .map(|t| {
             let totals = t.totals();
@@ -209,6 +228,9 @@ pub async fn analytics(State(state): State<AppState>) -> Result<Json<Value>, Api
         "last_hour": rates(&hour),
         "last_24h": rates(&day),
         "by_type_24h": by_type,
+        "stats": runbook_stats,
+        "total_processed": processed,
+        "success_rate": (processed > 0).then(|| 100.0 * succeeded as f64 / processed as f64),
     })))
 }
 
