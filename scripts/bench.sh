@@ -124,11 +124,14 @@ jnum() { grep -o "\"$2\":[-0-9.eE+]*" "$1" | head -n 1 | cut -d: -f2; }
 jobj() { grep -o "\"$2\":{[^}]*}" "$1" | head -n 1 | sed -E "s/^\"$2\":\{//; s/\}$//; s/\"//g; s/,/ /g"; }
 
 psql_bin=$(command -v psql || true)
+# hookd's tables are in its own schema (the business tables and views in public); psql and
+# pgbench find them as hookd does.
+export PGOPTIONS="-c search_path=hookd,public"
 pgbench_bin=
 q() { # q DB SQL...: one value, unaligned
     local db=$1
     shift
-    PGOPTIONS="-c client_min_messages=warning" "$psql_bin" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$db" -tAc "$*"
+    PGOPTIONS="$PGOPTIONS -c client_min_messages=warning" "$psql_bin" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$db" -tAc "$*"
 }
 qf() { # qf DB: run stdin as a script
     "$psql_bin" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$1" -f -
