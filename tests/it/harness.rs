@@ -249,6 +249,28 @@ pub async fn store(pool: &PgPool, source: common::Source, id: &str, kind: &str, 
     }
 }
 
+/// The runbook's columns of a business row.
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+pub struct Business {
+    pub stripe_subscription_id: Option<String>,
+    pub subscription_status: Option<String>,
+    pub subscription_plan: Option<String>,
+    pub subscription_start_date: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_payment_date: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The business `filter` (an SQL condition) matches.
+pub async fn business_where(pool: &PgPool, filter: &str) -> Business {
+    sqlx::query_as(&format!(
+        "SELECT stripe_subscription_id, subscription_status, subscription_plan,
+                subscription_start_date, last_payment_date
+         FROM businesses WHERE {filter}"
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 pub async fn insert_business(
     pool: &PgPool,
     name: &str,

@@ -23,25 +23,8 @@ fn subscription(customer: &str, status: &str) -> serde_json::Value {
     })
 }
 
-#[derive(Debug, PartialEq, sqlx::FromRow)]
-struct Business {
-    stripe_subscription_id: Option<String>,
-    subscription_status: Option<String>,
-    subscription_plan: Option<String>,
-    subscription_start_date: Option<DateTime<Utc>>,
-    last_payment_date: Option<DateTime<Utc>>,
-}
-
 async fn business(pool: &PgPool, id: i64) -> Business {
-    sqlx::query_as(
-        "SELECT stripe_subscription_id, subscription_status, subscription_plan,
-                subscription_start_date, last_payment_date
-         FROM businesses WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    business_where(pool, &format!("id = {id}")).await
 }
 
 fn at(secs: i64) -> DateTime<Utc> {

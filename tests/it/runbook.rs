@@ -36,19 +36,6 @@ fn subscription(status: &str, price: &str) -> Value {
     })
 }
 
-#[derive(Debug, PartialEq, sqlx::FromRow)]
-struct Business {
-    stripe_subscription_id: Option<String>,
-    subscription_status: Option<String>,
-    subscription_plan: Option<String>,
-    subscription_start_date: Option<DateTime<Utc>>,
-    last_payment_date: Option<DateTime<Utc>>,
-}
-
-const BUSINESS: &str = "SELECT stripe_subscription_id, subscription_status, subscription_plan,
-                               subscription_start_date, last_payment_date
-                        FROM businesses WHERE stripe_customer_id = 'cus_42'";
-
 fn at(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap()
 }
@@ -97,7 +84,7 @@ async fn stripe_handlers_write_the_runbook_columns(pool: PgPool) {
         )
         .await;
     }
-    let business: Business = sqlx::query_as(BUSINESS).fetch_one(&pool).await.unwrap();
+    let business = business_where(&pool, "stripe_customer_id = 'cus_42'").await;
     assert_eq!(
         business,
         Business {
@@ -188,20 +175,45 @@ async fn telnyx_handlers_write_the_runbook_columns(pool: PgPool) {
                "to": [{"phone_number": "+15550100042"}],
                "received_at": "2026-11-29T03:02:00Z"}),
     );
+    // The runbook's handler reads `payload.business_id`; a sender that sets it is believed
+    // over the number.
+    let named = telnyx_event(
+        "ev-named",
+        "call.initiated",
+        json!({"call_control_id": "v3:cc-2", "direction": "outgoing", "business_id": business,
+               "from": "+15550199999", "to": "+15557654321"}),
+    );
     for body in [
         call("ev-1", "call.initiated", "2026-11-29T03:00:00Z"),
         call("ev-2", "call.answered", "2026-11-29T03:00:04Z"),
         received,
+        named,
     ] {
         assert_eq!(hookd.telnyx(&body).await.0, 200);
     }
     wait_for(
         &pool,
         "SELECT count(*) FROM events WHERE state = 'succeeded'",
-        3,
+        4,
         PATIENCE,
     )
     .await;
+    let named: (Option<i64>, String, String, String) = sqlx::query_as(
+        "SELECT business_id, call_type, customer_phone, business_phone FROM call_logs
+         WHERE call_id = 'v3:cc-2'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        named,
+        (
+            Some(business),
+            "outbound".into(),
+            "+15557654321".into(),
+            "+15550199999".into()
+        )
+    );
     type Call = (
         Option<i64>,
         String,

@@ -84,11 +84,21 @@ impl Statements {
              VALUES ($1, $2, $3{audit_vals})"
         );
 
+        // The business the payload names by its key (as the runbook's handlers read
+        // `payload.business_id`), else the one whose number the call or message reached.
         let by_phone = if tables.has("businesses", "phone_number") {
             "(SELECT id FROM businesses WHERE phone_number = $3 LIMIT 1)"
         } else {
             "NULL"
         };
+        let business_of = |key: &str| {
+            format!(
+                "COALESCE((SELECT id FROM businesses WHERE {key}::text IS NOT NULL AND id::text = {key} LIMIT 1),
+                          {by_phone})"
+            )
+        };
+        let call_business = business_of("$10");
+        let message_business = business_of("$9");
         // A call moves forward only: initiated, answered, completed; events arrive in any order,
         // so each fills its own columns and the furthest status wins.
         let call_rank = |t: &str| {
@@ -101,7 +111,7 @@ impl Statements {
             "INSERT INTO call_logs (call_id, business_id, customer_phone, business_phone, call_type,
                                     status, started_at, answered_at, ended_at, hangup_cause,
                                     created_at, updated_at)
-             VALUES ($1, {by_phone}, $2, $3, $4, $5, $6, $7, $8, $9, now(), now())
+             VALUES ($1, {call_business}, $2, $3, $4, $5, $6, $7, $8, $9, now(), now())
              ON CONFLICT (call_id) DO UPDATE SET
                  business_id    = COALESCE(call_logs.business_id, EXCLUDED.business_id),
                  customer_phone = COALESCE(call_logs.customer_phone, EXCLUDED.customer_phone),
@@ -142,7 +152,7 @@ impl Statements {
             "INSERT INTO sms_logs (message_id, business_id, customer_phone, business_phone,
                                    message_type, content, status, received_at,
                                    created_at{message_cols})
-             VALUES ($1, {by_phone}, $2, $3, $4, $5, $6, $7, now(){message_vals})
+             VALUES ($1, {message_business}, $2, $3, $4, $5, $6, $7, now(){message_vals})
              ON CONFLICT (message_id) DO UPDATE SET
                  business_id    = COALESCE(sms_logs.business_id, EXCLUDED.business_id),
                  customer_phone = COALESCE(sms_logs.customer_phone, EXCLUDED.customer_phone),
@@ -178,6 +188,15 @@ pub enum Applied {
     Stale,
     /// No business is linked to the customer (or subscription) yet.
     NoBusiness,
+}
+
+/// What an `UPDATE businesses` did: nothing means no business matched.
+fn applied(update: &sqlx::postgres::PgQueryResult) -> Applied {
+    if update.rows_affected() == 0 {
+        Applied::NoBusiness
+    } else {
+        Applied::Updated
+    }
 }
 
 /// Whether an event created at `created` carries the newest Stripe state of `customer_id`,
@@ -250,11 +269,7 @@ pub async fn apply_subscription(
     .bind(change.start_date)
     .execute(conn)
     .await?;
-    Ok(if updated.rows_affected() == 0 {
-        Applied::NoBusiness
-    } else {
-        Applied::Updated
-    })
+    Ok(applied(&updated))
 }
 
 /// The state an invoice event carries.
@@ -304,11 +319,7 @@ pub async fn apply_invoice(
         .bind(invoice.subscription_id)
         .execute(conn)
         .await?;
-        return Ok(if updated.rows_affected() == 0 {
-            Applied::NoBusiness
-        } else {
-            Applied::Updated
-        });
+        return Ok(applied(&updated));
     }
     // Staleness is judged per customer, as for subscription events.
     let customer = match invoice.customer_id {
@@ -340,11 +351,7 @@ pub async fn apply_invoice(
     .bind(&customer)
     .execute(conn)
     .await?;
-    Ok(if updated.rows_affected() == 0 {
-        Applied::NoBusiness
-    } else {
-        Applied::Updated
-    })
+    Ok(applied(&updated))
 }
 
 /// An `audit_logs` entry, as the runbook's handlers write them.
@@ -395,6 +402,8 @@ pub struct CallEvent<'a> {
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub hangup_cause: Option<&'a str>,
+    /// `businesses.id` as text, where the payload names it.
+    pub business_key: Option<&'a str>,
 }
 
 pub async fn upsert_call(
@@ -412,6 +421,7 @@ pub async fn upsert_call(
         .bind(call.answered_at)
         .bind(call.ended_at)
         .bind(call.hangup_cause)
+        .bind(call.business_key)
         .execute(conn)
         .await?;
     Ok(())
@@ -431,6 +441,8 @@ pub struct MessageEvent<'a> {
     /// When it was received (inbound) or sent (outbound).
     pub received_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// `businesses.id` as text, where the payload names it.
+    pub business_key: Option<&'a str>,
 }
 
 pub async fn upsert_message(
@@ -447,6 +459,7 @@ pub async fn upsert_message(
         .bind(msg.status)
         .bind(msg.received_at)
         .bind(msg.completed_at)
+        .bind(msg.business_key)
         .execute(conn)
         .await?;
     Ok(())

@@ -24,6 +24,16 @@ pub async fn apply(
     }
 }
 
+/// The business the payload names, as the runbook's handlers read it: `payload.business_id`,
+/// a number or a string (a uuid, say).
+fn business_key(fields: &Fields<'_>) -> Option<String> {
+    match fields.0.pointer("/data/payload/business_id")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// The customer's number and the business's: an inbound call or message comes from the
 /// customer to the business, an outbound one the other way.
 fn customer_and_business<'a>(
@@ -53,6 +63,7 @@ async fn call(
         fields.opt_str("/data/payload/from"),
         fields.opt_str("/data/payload/to"),
     );
+    let key = business_key(fields);
     let mut row = CallEvent {
         call_id: fields.str("/data/payload/call_control_id")?,
         customer_phone,
@@ -63,6 +74,7 @@ async fn call(
         answered_at: None,
         ended_at: None,
         hangup_cause: None,
+        business_key: key.as_deref(),
     };
     match kind {
         "call.initiated" => {
@@ -103,6 +115,7 @@ async fn message(
             .opt_str("/data/payload/to/0/status")
             .unwrap_or("finalized"),
     };
+    let key = business_key(fields);
     let row = MessageEvent {
         message_id: fields.str("/data/payload/id")?,
         customer_phone,
@@ -115,6 +128,7 @@ async fn message(
             .or_else(|| fields.opt_rfc3339("/data/payload/sent_at"))
             .or_else(|| fields.opt_rfc3339("/data/occurred_at")),
         completed_at: fields.opt_rfc3339("/data/payload/completed_at"),
+        business_key: key.as_deref(),
     };
     business::upsert_message(conn, statements, &row).await?;
     Ok(Outcome::Applied)
