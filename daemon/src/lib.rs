@@ -10,6 +10,7 @@ pub mod config;
 pub mod handlers;
 pub mod http;
 pub mod ingest;
+pub mod liveness;
 pub mod metrics;
 pub mod send;
 pub mod systemd;
@@ -228,6 +229,19 @@ pub async fn run_with_pool(
             shutdown.clone(),
         ));
     }
+    // Held past the drain, so the claims of workers still finishing are not rescued away.
+    let alive = CancellationToken::new();
+    let liveness = (config.workers > 0).then(|| {
+        tokio::spawn(liveness::run(
+            pool.clone(),
+            worker.owner(),
+            announcer.clone(),
+            alive.clone(),
+        ))
+    });
+    if liveness.is_some() && !worker.owner().held_within(Duration::from_secs(3)).await {
+        tracing::warn!("claiming without a liveness lock for now: only leases return those claims");
+    }
     for _ in 0..config.workers {
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
@@ -263,6 +277,10 @@ pub async fn run_with_pool(
         tracing::warn!(timeout = ?config.shutdown_timeout, "workers did not finish in time");
         tasks.abort_all();
         worker.release_in_flight().await;
+    }
+    alive.cancel();
+    if let Some(liveness) = liveness {
+        let _ = liveness.await;
     }
     pool.close().await;
     tracing::info!("hookd stopped");

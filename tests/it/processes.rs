@@ -415,3 +415,160 @@ async fn a_receive_only_instance_stores_and_another_processes(pool: PgPool) {
         assert!(process.exit_within(Duration::from_secs(30)).await.success());
     }
 }
+
+/// The events a process was holding when it died, and when it died.
+async fn kill_mid_batch(pool: &PgPool, victim: &mut Process) -> (Vec<i64>, tokio::time::Instant) {
+    wait_for(
+        pool,
+        "SELECT least(count(*), 1) FROM events WHERE state = 'succeeded'",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    victim.child.kill().unwrap(); // SIGKILL: no drain, no lease release.
+    let killed = tokio::time::Instant::now();
+    victim.child.wait().unwrap();
+    let held: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM events WHERE state = 'processing' AND claimed_by IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!held.is_empty(), "the kill interrupted a batch in flight");
+    (held, killed)
+}
+
+/// Waits until every event of `held` succeeded; returns how long after `since` that was.
+async fn processed_after(pool: &PgPool, held: &[i64], since: tokio::time::Instant) -> Duration {
+    let deadline = since + Duration::from_secs(60);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE id = ANY($1) AND state <> 'succeeded'",
+        )
+        .bind(held)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if left == 0 {
+            return since.elapsed();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} orphans left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A 60 s lease, yet the events a SIGKILLed process held are processed by the live instance
+/// within 5 s: its liveness lock went with its connection. None is applied twice.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_killed_process_s_claims_are_finished_by_another_within_seconds(pool: PgPool) {
+    backlog(&pool, 3_000).await;
+    let settings = [("HOOKD_LEASE_SECS", "60"), ("HOOKD_BATCH_SIZE", "100")];
+    let mut victim = Process::spawn(&pool, &settings);
+    let _survivor = Process::spawn(&pool, &settings).ready().await;
+    let (held, killed) = kill_mid_batch(&pool, &mut victim).await;
+    let took = processed_after(&pool, &held, killed).await;
+    eprintln!(
+        "{} orphaned events processed {took:?} after the kill",
+        held.len()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "orphans processed after {took:?}"
+    );
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        3_000,
+        Duration::from_secs(240),
+    )
+    .await;
+    assert_eq!(count(&pool, EXACTLY_ONCE).await, 3_000);
+    assert_eq!(count(&pool, "SELECT count(*) FROM audit_logs").await, 3_000);
+}
+
+/// The same with the process restarted instead: the new one waits for nothing.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_restarted_process_finishes_its_predecessor_s_claims_at_once(pool: PgPool) {
+    backlog(&pool, 3_000).await;
+    let settings = [("HOOKD_LEASE_SECS", "60"), ("HOOKD_BATCH_SIZE", "100")];
+    let mut victim = Process::spawn(&pool, &settings);
+    let (held, killed) = kill_mid_batch(&pool, &mut victim).await;
+    let _restarted = Process::spawn(&pool, &settings);
+    let took = processed_after(&pool, &held, killed).await;
+    eprintln!(
+        "{} orphaned events processed {took:?} after the kill",
+        held.len()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "orphans processed after {took:?}"
+    );
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        3_000,
+        Duration::from_secs(240),
+    )
+    .await;
+    assert_eq!(count(&pool, EXACTLY_ONCE).await, 3_000);
+}
+
+/// A process that is alive but whose liveness connection was terminated looks dead: the
+/// other takes its claims over, and the first, still working, can complete none of them
+/// (the attempt number fences it). Nothing is lost and nothing applied twice.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_live_process_cut_from_its_lock_loses_nothing_and_doubles_nothing(pool: PgPool) {
+    backlog(&pool, 4_000).await;
+    let settings = [
+        ("HOOKD_LEASE_SECS", "60"),
+        ("HOOKD_BATCH_SIZE", "50"),
+        ("HOOKD_WORKERS", "2"),
+    ];
+    let a = Process::spawn(&pool, &settings).ready().await;
+    let b = Process::spawn(&pool, &settings).ready().await;
+    let locks = "SELECT pid FROM pg_locks
+                 WHERE locktype = 'advisory' AND classid = 1752132452 AND granted";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for _ in 0..5 {
+        wait_for(
+            &pool,
+            &format!("SELECT count(*) FROM ({locks}) l"),
+            2,
+            Duration::from_secs(30),
+        )
+        .await;
+        let pids: Vec<i32> = sqlx::query_scalar(locks).fetch_all(&pool).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pids[0])
+            .execute(&pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        4_000,
+        Duration::from_secs(240),
+    )
+    .await;
+    assert_eq!(count(&pool, EXACTLY_ONCE).await, 4_000);
+    assert_eq!(count(&pool, "SELECT count(*) FROM audit_logs").await, 4_000);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM event_attempts WHERE outcome = 'succeeded'"
+        )
+        .await,
+        4_000,
+        "no event completed twice"
+    );
+    assert!(
+        a.log_lines("lost the connection holding") + b.log_lines("lost the connection holding")
+            >= 1
+    );
+}

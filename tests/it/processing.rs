@@ -553,8 +553,10 @@ async fn a_redelivered_event_applies_once(pool: PgPool) {
 async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
     let id = store(&pool, Source::Custom, "msg_l", "x.y", &custom_event("x.y")).await;
     // Worker A's lease is zero seconds long: expired as soon as it is granted.
-    let a = events::claim_due(&pool, 10, Duration::ZERO).await.unwrap();
-    let b = events::claim_due(&pool, 10, Duration::from_secs(60))
+    let a = events::claim_due(&pool, 10, Duration::ZERO, None)
+        .await
+        .unwrap();
+    let b = events::claim_due(&pool, 10, Duration::from_secs(60), None)
         .await
         .unwrap();
     assert_eq!(
@@ -593,7 +595,7 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
         .await
         .unwrap();
     assert!(
-        events::claim_due(&pool, 10, Duration::from_secs(60))
+        events::claim_due(&pool, 10, Duration::from_secs(60), None)
             .await
             .unwrap()
             .is_empty()

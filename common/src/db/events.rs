@@ -153,11 +153,14 @@ impl TryFrom<String> for SourceColumn {
 }
 
 /// Leases up to `limit` due events: new ones, retries whose time has come, and events whose
-/// worker died (their lease ran out). Safe with any number of workers and processes.
+/// worker died (returned by [`super::liveness::rescue_orphans`], or their lease ran out), in
+/// the name of `owner` (see [`super::liveness`]). Safe with any number of workers and
+/// processes.
 pub async fn claim_due(
     pool: &PgPool,
     limit: i64,
     lease: std::time::Duration,
+    owner: Option<i32>,
 ) -> sqlx::Result<Vec<ClaimedEvent>> {
     super::retry_moved(|| {
         sqlx::query_as(
@@ -172,7 +175,8 @@ pub async fn claim_due(
              SET state = 'processing',
                  attempts = e.attempts + 1,
                  locked_until = now() + make_interval(secs => $2),
-                 next_attempt_at = now() + make_interval(secs => $2)
+                 next_attempt_at = now() + make_interval(secs => $2),
+                 claimed_by = $3
              FROM due
              -- The state again, so only the live partition is planned and locked.
              WHERE e.id = due.id AND e.state IN ('pending', 'retrying', 'processing')
@@ -181,6 +185,7 @@ pub async fn claim_due(
         )
         .bind(limit)
         .bind(lease.as_secs_f64())
+        .bind(owner)
         .fetch_all(pool)
     })
     .await

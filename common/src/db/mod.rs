@@ -3,6 +3,7 @@
 pub mod business;
 pub mod dlq;
 pub mod events;
+pub mod liveness;
 pub mod schema;
 pub mod stats;
 

@@ -23,6 +23,7 @@ pub use retry::RetryPolicy;
 use crate::announce::Announcer;
 use crate::handlers::forward::{Delivery, Forwarder};
 use crate::handlers::{self, HandlerError, Outcome};
+use crate::liveness::Owner;
 use crate::metrics::Metrics;
 
 /// How long a worker waits before trying again after the database failed it.
@@ -80,6 +81,8 @@ pub struct Worker {
     /// shutdown that gives up on its batches can hand them back at once instead of leaving them
     /// until their leases run out.
     in_flight: Arc<Mutex<HashMap<i64, i32>>>,
+    /// The owner this process claims in (see `crate::liveness`).
+    owner: Owner,
 }
 
 /// Why an attempt failed, and what the attempt history should keep of it.
@@ -107,6 +110,7 @@ impl Worker {
             metrics,
             heartbeat,
             in_flight: Arc::default(),
+            owner: Owner::default(),
         }
     }
 
@@ -114,10 +118,20 @@ impl Worker {
         self.heartbeat.clone()
     }
 
+    /// The owner the workers claim in; [`crate::liveness::run`] keeps it held.
+    pub fn owner(&self) -> Owner {
+        self.owner.clone()
+    }
+
     /// Claims one batch of due events and processes it. Returns how many were claimed.
     pub async fn process_batch(&self) -> sqlx::Result<usize> {
-        let mut claimed =
-            events::claim_due(&self.pool, self.config.batch_size, self.config.lease).await?;
+        let mut claimed = events::claim_due(
+            &self.pool,
+            self.config.batch_size,
+            self.config.lease,
+            self.owner.get(),
+        )
+        .await?;
         if claimed.is_empty() {
             return Ok(0);
         }
