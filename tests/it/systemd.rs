@@ -554,3 +554,58 @@ async fn readiness_status_and_watchdog_over_a_real_notify_socket(pool: PgPool) {
     assert!(status.success(), "hookd exited with {status} after SIGTERM");
     println!("hookd said:\n{}", notify.transcript());
 }
+
+/// A notify socket nobody reads (a busy or restarting PID 1) fills up after a few pings; hookd
+/// must never block on it. For a whole minute, with the watchdog pinging every 50 ms into the
+/// full socket, health and webhooks answer within a second.
+#[sqlx::test(migrator = "common::MIGRATOR")]
+async fn an_unread_notify_socket_never_stalls_hookd(pool: PgPool) {
+    let path = std::env::temp_dir().join(format!(
+        "hookd-it-unread-{}-{}.sock",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let unread = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+    let process = spawn_as_systemd_would(&pool, path.to_str().unwrap(), "100000")
+        .ready()
+        .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", process.port);
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(60) {
+        let health = client
+            .get(format!("{base}/api/webhooks/health"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("health after {:?}: {e}", started.elapsed()));
+        assert_eq!(health.status(), 200);
+        if round.is_multiple_of(5) {
+            let id = format!("msg_unread_{round}");
+            let body = custom_event("user.signed_up");
+            let mut request = client
+                .post(format!("{base}/api/custom/webhook"))
+                .body(body.clone());
+            for (name, value) in custom_headers(&id, &body, now()) {
+                request = request.header(name, value);
+            }
+            let answer = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("webhook after {:?}: {e}", started.elapsed()));
+            assert_eq!(answer.status(), 200);
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        process.log_lines("notify socket is full") == 1,
+        "said once in the log"
+    );
+    drop(unread);
+    let _ = std::fs::remove_file(&path);
+}
