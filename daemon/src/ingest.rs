@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::announce::Announcer;
+use crate::reachability::Reachability;
 
 /// Most events in one statement: bounds the statement size and the damage of a failed batch.
 const MAX_BATCH: usize = 256;
@@ -36,9 +37,9 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the batcher; `announcer` hears of every commit that stored something. It stops
     /// when every handle is dropped.
-    pub fn start(pool: PgPool, announcer: Arc<Announcer>) -> Self {
+    pub fn start(pool: PgPool, announcer: Arc<Announcer>, reachability: Arc<Reachability>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(pool, announcer, queue));
+        tokio::spawn(gather(pool, announcer, reachability, queue));
         Ingest { jobs }
     }
 
@@ -53,20 +54,25 @@ impl Ingest {
     }
 }
 
-async fn gather(pool: PgPool, announcer: Arc<Announcer>, mut queue: mpsc::Receiver<Job>) {
+async fn gather(
+    pool: PgPool,
+    announcer: Arc<Announcer>,
+    reachability: Arc<Reachability>,
+    mut queue: mpsc::Receiver<Job>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        if write(&pool, jobs).await {
+        if write(&pool, &reachability, jobs).await {
             announcer.new_events();
         }
     }
 }
 
 /// Stores the batch and answers each request. Returns whether anything new was stored.
-async fn write(pool: &PgPool, jobs: Vec<Job>) -> bool {
+async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> bool {
     let (events, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.event, j.reply)).unzip();
-    match events::insert_many(pool, &events).await {
+    match reachability.guard(events::insert_many(pool, &events)).await {
         Ok(results) => {
             let stored = results.iter().any(|r| matches!(r, Inserted::New(_)));
             for (reply, result) in replies.into_iter().zip(results) {

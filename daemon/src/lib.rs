@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod liveness;
 pub mod metrics;
+pub mod reachability;
 pub mod send;
 pub mod systemd;
 pub mod verify;
@@ -143,7 +144,7 @@ async fn maintain(pool: PgPool, shutdown: CancellationToken) {
 }
 
 /// The database could not be reached at all (as opposed to refusing what we sent).
-fn unreachable(e: &sqlx::Error) -> bool {
+pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
     matches!(
         e,
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)

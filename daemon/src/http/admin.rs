@@ -237,7 +237,7 @@ pub async fn analytics(State(state): State<AppState>) -> Result<Json<Value>, Api
 /// Healthy means: the database answers and the workers, if this process runs any, are
 /// looping. Anyone may ask (load balancers do); only token holders see the details.
 pub async fn health(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let queue = stats::queue(state.pool()).await;
+    let queue = state.reachability().guard(stats::queue(state.pool())).await;
     let database = queue.is_ok();
     // None on a receive-only instance.
     let workers = state.inner.heartbeat.as_ref().map(|h| h.alive());

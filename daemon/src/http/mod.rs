@@ -8,6 +8,7 @@ mod rate_limit;
 mod server;
 mod webhooks;
 
+use crate::reachability::Reachability;
 use std::sync::Arc;
 
 use axum::Router;
@@ -38,6 +39,9 @@ pub struct AppState {
 struct Inner {
     pool: PgPool,
     ingest: Ingest,
+    reachability: Arc<Reachability>,
+    /// Stops the reachability monitor with the state.
+    _monitor: tokio_util::sync::DropGuard,
     stripe_secret: Option<SecretString>,
     telnyx_public_key: Option<telnyx::PublicKey>,
     custom_secret: Option<standard::Secret>,
@@ -58,9 +62,14 @@ impl AppState {
         heartbeat: Option<Heartbeat>,
         announcer: Arc<Announcer>,
     ) -> Self {
+        let reachability = Arc::new(Reachability::default());
+        let monitor = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(reachability.clone().run(pool.clone(), monitor.clone()));
         AppState {
             inner: Arc::new(Inner {
-                ingest: Ingest::start(pool.clone(), announcer),
+                ingest: Ingest::start(pool.clone(), announcer, reachability.clone()),
+                reachability,
+                _monitor: monitor.drop_guard(),
                 pool,
                 stripe_secret: config.stripe_secret.clone(),
                 telnyx_public_key: config.telnyx_public_key.clone(),
@@ -74,6 +83,11 @@ impl AppState {
                 heartbeat,
             }),
         }
+    }
+
+    /// Whether the database answers, known ahead of the requests that need it.
+    pub fn reachability(&self) -> &Reachability {
+        &self.inner.reachability
     }
 
     pub fn pool(&self) -> &PgPool {
