@@ -44,8 +44,9 @@ BEGIN
         WITH RECURSIVE tree(oid) AS (
             SELECT c.oid FROM pg_class c
             WHERE c.relnamespace = app::regnamespace
-              AND c.relname IN ('events', 'event_attempts', 'event_keys', 'stats_minute',
-                                '_sqlx_migrations')
+              AND (c.relname IN ('events', 'event_attempts', 'event_keys', 'stats_minute')
+                   OR c.relname = '_sqlx_migrations'
+                      AND to_regclass(format('%I._sqlx_migrations', own)) IS NULL)
             UNION ALL
             SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid
         )
@@ -235,9 +236,12 @@ BEGIN
         FROM pg_proc p
         WHERE p.pronamespace = own::regnamespace AND p.proname LIKE 'hookd\_%'
     LOOP
-        EXECUTE format('ALTER FUNCTION %I.%I(%s) SET search_path = %I', own, fn.proname,
-                       fn.args, own);
+        EXECUTE format('ALTER FUNCTION %I.%I(%s) SET search_path = %I, pg_temp', own,
+                       fn.proname, fn.args, own);
     END LOOP;
+    -- The runbook's `DELETE FROM failed_webhooks` may come from the application's role, which
+    -- need not see hookd's schema: the attempts of the deleted events go with them anyway.
+    EXECUTE format('ALTER FUNCTION %I.hookd_delete_attempts() SECURITY DEFINER', own);
 
     -- The runbook's views, in the application's schema.
     CREATE VIEW public.webhook_logs AS

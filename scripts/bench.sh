@@ -126,7 +126,7 @@ jobj() { grep -o "\"$2\":{[^}]*}" "$1" | head -n 1 | sed -E "s/^\"$2\":\{//; s/\
 psql_bin=$(command -v psql || true)
 # hookd's tables are in its own schema (the business tables and views in public); psql and
 # pgbench find them as hookd does.
-export PGOPTIONS="-c search_path=hookd,public"
+export PGOPTIONS="-c search_path=${HOOKD_SCHEMA:-hookd},public"
 pgbench_bin=
 q() { # q DB SQL...: one value, unaligned
     local db=$1

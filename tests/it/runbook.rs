@@ -410,11 +410,32 @@ async fn the_runbook_sql_runs_verbatim(pool: PgPool) {
     assert_eq!(failed[0].1, json!({}), "the event as received");
     assert_eq!(failed[0].2, "timeout after 10 s");
 
+    // As the application's own role, which may delete from the view and sees nothing of
+    // hookd's schema.
+    let role = format!(
+        "app_{}",
+        pool.connect_options()
+            .get_database()
+            .unwrap()
+            .replace('-', "_")
+    );
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role}; GRANT SELECT, DELETE ON failed_webhooks TO {role}; SET ROLE {role}"
+    ))
+    .execute(&mut psql)
+    .await
+    .unwrap();
     let cleared =
         sqlx::query("DELETE FROM failed_webhooks WHERE failed_at < NOW() - INTERVAL '7 days'")
             .execute(&mut psql)
             .await
             .unwrap();
+    sqlx::raw_sql(&format!(
+        "RESET ROLE; REVOKE ALL ON failed_webhooks FROM {role}; DROP ROLE {role}"
+    ))
+    .execute(&mut psql)
+    .await
+    .unwrap();
     assert_eq!(cleared.rows_affected(), 1);
     assert_eq!(
         count(
@@ -617,4 +638,50 @@ async fn a_table_that_lacks_a_column_stops_hookd_and_changes_nothing(pool: PgPoo
     }
     let after: String = sqlx::query_scalar(schema).fetch_one(&pool).await.unwrap();
     assert_eq!(after, before, "nothing was created or changed");
+}
+
+/// What would break the migration half-way is refused before it starts: a view of the
+/// application's own under a runbook name, and a business key of another type than the
+/// `businesses` hookd would create.
+#[sqlx::test(migrations = false)]
+async fn a_view_of_the_application_s_or_a_foreign_key_type_is_refused_up_front(pool: PgPool) {
+    sqlx::raw_sql(
+        "CREATE VIEW webhook_logs AS SELECT 1 AS id;
+         CREATE TABLE call_logs (id bigserial PRIMARY KEY, call_id text UNIQUE, business_id uuid,
+                                 customer_phone text, business_phone text, call_type text,
+                                 status text, started_at timestamptz, answered_at timestamptz,
+                                 ended_at timestamptz, hangup_cause text,
+                                 created_at timestamptz, updated_at timestamptz)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = std::process::Command::new(hookd_bin())
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        [
+            "webhook_logs.*: is the application's own; hookd provides webhook_logs as a view of \
+             its events (rename yours first: ALTER TABLE webhook_logs RENAME TO \
+             webhook_logs_before_hookd)",
+            "call_logs.business_id: is uuid (expected bigint)",
+        ],
+        "{stderr}"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'hookd'"
+        )
+        .await,
+        0,
+        "nothing was created"
+    );
 }

@@ -200,8 +200,8 @@ fn applied(update: &sqlx::postgres::PgQueryResult) -> Applied {
 }
 
 /// Whether an event created at `created` carries the newest Stripe state of `customer_id`,
-/// and if so records it as the newest. The state row is locked until the transaction ends, so
-/// two events about one customer are judged one after the other.
+/// and if so records it as the newest. Callers hold the customer's business rows
+/// ([`lock_customer`]), so two events about one customer are judged one after the other.
 async fn newest_state(
     conn: &mut PgConnection,
     customer_id: &str,
@@ -222,11 +222,21 @@ async fn newest_state(
     .await
 }
 
-async fn business_exists(conn: &mut PgConnection, customer_id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT FROM businesses WHERE stripe_customer_id = $1)")
-        .bind(customer_id)
-        .fetch_one(conn)
-        .await
+/// Locks the businesses of a Stripe customer, before anything else an event touches: every
+/// Stripe path takes the business row first and the customer's `stripe_state` row after it,
+/// so two batches about one customer cannot deadlock. `NO KEY UPDATE` because no key changes:
+/// a plain `FOR UPDATE` conflicts with the `KEY SHARE` locks that inserts into `audit_logs`
+/// and `call_logs` take through their foreign keys. False when the customer has no business.
+async fn lock_customer(conn: &mut PgConnection, customer_id: &str) -> sqlx::Result<bool> {
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT FROM businesses WHERE stripe_customer_id = $1 FOR NO KEY UPDATE
+         ) b",
+    )
+    .bind(customer_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(locked > 0)
 }
 
 /// The Stripe subscription state an event carries.
@@ -247,12 +257,11 @@ pub async fn apply_subscription(
     conn: &mut PgConnection,
     change: &SubscriptionChange<'_>,
 ) -> sqlx::Result<Applied> {
+    if !lock_customer(conn, change.customer_id).await? {
+        return Ok(Applied::NoBusiness);
+    }
     if !newest_state(conn, change.customer_id, change.event_created).await? {
-        return Ok(if business_exists(conn, change.customer_id).await? {
-            Applied::Stale
-        } else {
-            Applied::NoBusiness
-        });
+        return Ok(Applied::Stale);
     }
     let updated = sqlx::query(
         "UPDATE businesses
@@ -337,12 +346,11 @@ pub async fn apply_invoice(
             }
         }
     };
+    if !lock_customer(conn, &customer).await? {
+        return Ok(Applied::NoBusiness);
+    }
     if !newest_state(conn, &customer, invoice.event_created).await? {
-        return Ok(if business_exists(conn, &customer).await? {
-            Applied::Stale
-        } else {
-            Applied::NoBusiness
-        });
+        return Ok(Applied::Stale);
     }
     let updated = sqlx::query(
         "UPDATE businesses SET subscription_status = 'past_due', updated_at = now()

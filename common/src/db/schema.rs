@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 /// The application's schema: where the runbook's tables and views are, and what the
 /// application's default `search_path` finds.
@@ -292,8 +292,17 @@ struct Attribute {
 /// the application's own.
 pub async fn inspect(conn: &mut PgConnection) -> Result<AppTables, SchemaError> {
     let names: Vec<&str> = TABLES.iter().chain(&VIEWS).copied().collect();
+    // A view counts as hookd's when it reads a table named `events` (hookd's, wherever an
+    // earlier hookd put it); anything else of those names is the application's.
     let kinds: Vec<(String, String)> = sqlx::query_as(
-        "SELECT c.relname::text, c.relkind::text FROM pg_class c
+        "SELECT c.relname::text,
+                CASE WHEN c.relkind = 'v' AND EXISTS (
+                         SELECT FROM pg_rewrite r
+                         JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                         JOIN pg_class t ON t.oid = d.refobjid
+                         WHERE r.ev_class = c.oid AND t.relname IN ('events', 'event_attempts'))
+                     THEN 'hookd' ELSE c.relkind::text END
+         FROM pg_class c
          WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2)",
     )
     .bind(APP_SCHEMA)
@@ -319,8 +328,8 @@ pub async fn inspect(conn: &mut PgConnection) -> Result<AppTables, SchemaError> 
          FROM pg_index i
          JOIN pg_class c ON c.oid = i.indrelid
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-         WHERE c.relnamespace = $1::regnamespace AND i.indisunique AND i.indnkeyatts = 1
-           AND i.indpred IS NULL AND i.indexprs IS NULL",
+         WHERE c.relnamespace = $1::regnamespace AND i.indisunique AND i.indimmediate
+           AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL",
     )
     .bind(APP_SCHEMA)
     .fetch_all(&mut *conn)
@@ -342,18 +351,23 @@ fn fit(
     };
     let mut misfits = Vec::new();
     for view in VIEWS {
-        if kinds.iter().any(|(t, kind)| t == view && kind != "v") {
+        if kinds.iter().any(|(t, kind)| t == view && kind != "hookd") {
             misfits.push(Misfit::new(
                 view,
                 "*",
                 format!(
-                    "is a table of the application's; hookd provides {view} as a view of its \
+                    "is the application's own; hookd provides {view} as a view of its \
                      events (rename yours first: ALTER TABLE {view} RENAME TO {view}_before_hookd)"
                 ),
             ));
         }
     }
-    let business_key = column("businesses", "id").map(|a| a.format.clone());
+    // hookd creates `businesses` with a bigint key where the application has none.
+    let business_key = match column("businesses", "id") {
+        Some(a) => Some(a.format.clone()),
+        None if !exists("businesses") => Some("bigint".to_owned()),
+        None => None,
+    };
     if exists("businesses") && business_key.is_none() {
         misfits.push(Misfit::new(
             "businesses",
@@ -363,7 +377,7 @@ fn fit(
     }
     let mut tables = AppTables {
         present: BTreeSet::new(),
-        business_key: business_key.clone().or_else(|| Some("bigint".into())),
+        business_key: business_key.clone(),
     };
     for want in COLUMNS {
         if !exists(want.table) {
@@ -378,6 +392,12 @@ fn fit(
                 format!("missing (expected {})", want.kind.expected()),
             )),
             None => {}
+            // An optional column hookd cannot write is simply not written.
+            Some(a)
+                if !want.required
+                    && !want
+                        .kind
+                        .accepts(&a.typname, business_key.as_deref(), &a.format) => {}
             Some(a)
                 if !want
                     .kind
@@ -442,20 +462,24 @@ fn fit(
 /// application's tables hold. Safe to run from several hookd processes at once.
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<AppTables, SchemaError> {
     let mut conn = pool.acquire().await?;
-    // On this connection whatever pool it came from: the migrations must run in hookd's schema.
-    sqlx::query(
-        "SELECT set_config('search_path', $1, false), set_config('hookd.schema', $2, false)",
-    )
-    .bind(format!("{schema},{APP_SCHEMA}"))
-    .bind(schema.as_str())
-    .execute(&mut *conn)
-    .await?;
-    let ours = crate::MIGRATOR.iter().next().map(|m| m.checksum.to_vec());
-    let mut tx = conn.begin().await?;
-    // Two hookd processes starting together take turns.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('hookd schema'))")
-        .execute(&mut *tx)
+    // Two hookd processes starting together take turns, for the whole of it: the second must
+    // see where the first left the history.
+    sqlx::query("SELECT pg_advisory_lock(hashtext('hookd schema'))")
+        .execute(&mut *conn)
         .await?;
+    let result = migrate_locked(&mut conn, schema).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext('hookd schema'))")
+        .execute(&mut *conn)
+        .await;
+    let tables = result?;
+    unlocked?;
+    Ok(tables)
+}
+
+async fn migrate_locked(
+    conn: &mut PgConnection,
+    schema: &Schema,
+) -> Result<AppTables, SchemaError> {
     let (own_history, app_history, hookd_in_app): (bool, bool, bool) = sqlx::query_as(
         "SELECT to_regclass(format('%I._sqlx_migrations', $1::text)) IS NOT NULL,
                 to_regclass(format('%I._sqlx_migrations', $2::text)) IS NOT NULL,
@@ -464,36 +488,47 @@ pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<AppTables, Schema
     )
     .bind(schema.as_str())
     .bind(APP_SCHEMA)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
-    // The history of an install made before hookd had a schema of its own: in the
-    // application's schema, and hookd's by its first migration.
-    let app_history_ours = !own_history && app_history && {
+    // An install made before hookd had a schema of its own keeps its history in the
+    // application's schema: hookd's if its first migration is ours.
+    let ours = crate::MIGRATOR.iter().next().map(|m| m.checksum.to_vec());
+    let legacy = !own_history && app_history && hookd_in_app && {
         let first: Option<Vec<u8>> = sqlx::query_scalar(&format!(
             "SELECT checksum FROM {APP_SCHEMA}._sqlx_migrations WHERE version = 1"
         ))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
         first.is_some() && first == ours
     };
-    // Such an install created the business tables itself, and the migrations rename them.
-    // Anyone else's must already fit.
-    if !(hookd_in_app && (own_history || app_history_ours)) {
-        inspect(&mut tx).await?;
-    }
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .execute(&mut *tx)
-        .await?;
-    if app_history_ours {
-        sqlx::query(&format!(
-            "ALTER TABLE {APP_SCHEMA}._sqlx_migrations SET SCHEMA {schema}"
-        ))
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
+    let search_path = if legacy {
+        // Its migrations run where its history is; migration 0006 moves history and tables
+        // into hookd's schema in the same transaction, so a failure leaves the install as it
+        // was, for the previous release to run on.
+        APP_SCHEMA.to_owned()
+    } else {
+        // Such an install created the business tables itself, and the migrations rename
+        // them; anyone else's must already fit.
+        inspect(&mut *conn).await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut *conn)
+            .await?;
+        format!("{schema},{APP_SCHEMA}")
+    };
+    // On this connection, whatever pool it came from.
+    sqlx::query(
+        "SELECT set_config('search_path', $1, false), set_config('hookd.schema', $2, false)",
+    )
+    .bind(&search_path)
+    .bind(schema.as_str())
+    .execute(&mut *conn)
+    .await?;
     crate::MIGRATOR.run_direct(&mut *conn).await?;
-    inspect(&mut conn).await
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(format!("{schema},{APP_SCHEMA}"))
+        .execute(&mut *conn)
+        .await?;
+    inspect(conn).await
 }
 
 #[cfg(test)]
