@@ -64,13 +64,19 @@ pub fn pool_like(like: &PgPool, schema: &Schema, max_connections: u32) -> PgPool
 }
 
 fn pool_with(options: PgConnectOptions, schema: &Schema, max_connections: u32) -> PgPool {
+    // The server probes every connection and gives up on data a peer does not acknowledge,
+    // so the session of a host that vanished mid-batch ends within seconds and the row locks
+    // its transaction held go with it.
+    let options = options.application_name("hookd").options([
+        ("tcp_keepalives_idle", "5"),
+        ("tcp_keepalives_interval", "2"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "10000"),
+    ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(schema::connect_options(
-            options.application_name("hookd"),
-            schema,
-        ))
+        .connect_lazy_with(schema::connect_options(options, schema))
 }
 
 /// Applies the schema, after checking that the application's tables fit hookd's handlers.

@@ -14,6 +14,8 @@ use crate::announce::Announcer;
 /// to the rescue, with the server's own notice of the death (at once for a closed connection,
 /// within the keepalive settings below for a lost host).
 const RESCUE_EVERY: Duration = Duration::from_secs(1);
+/// The longest this process waits for its own lock connection to answer.
+const LOOK: Duration = Duration::from_secs(2);
 
 /// The owner number this process claims in, shared by its workers; none while the lock is
 /// not held (claims then carry no owner, and only their lease returns them).
@@ -57,8 +59,11 @@ pub async fn run(pool: PgPool, owner: Owner, announcer: Arc<Announcer>, until: C
             _ = ticks.tick() => {}
             () = until.cancelled() => break,
         }
+        // Bounded: over a cut link a query waits for TCP to give up, which takes minutes.
         if let Some((conn, _)) = held.as_mut()
-            && sqlx::query("SELECT 1").execute(&mut *conn).await.is_err()
+            && !tokio::time::timeout(LOOK, sqlx::query("SELECT 1").execute(&mut *conn))
+                .await
+                .is_ok_and(|r| r.is_ok())
         {
             tracing::warn!("lost the connection holding this process's liveness lock");
             held = None;
@@ -82,7 +87,11 @@ pub async fn run(pool: PgPool, owner: Owner, announcer: Arc<Announcer>, until: C
             }
         }
         let Some((_, me)) = &held else { continue };
-        match common::db::liveness::rescue_orphans(&pool, *me).await {
+        let rescued =
+            tokio::time::timeout(LOOK * 2, common::db::liveness::rescue_orphans(&pool, *me))
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        match rescued {
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => {
                 tracing::info!(events = ids.len(), "returned the claims of dead processes");
@@ -104,6 +113,7 @@ async fn hold(pool: &PgPool) -> sqlx::Result<(PgConnection, i32)> {
         ("tcp_keepalives_idle", "2"),
         ("tcp_keepalives_interval", "1"),
         ("tcp_keepalives_count", "2"),
+        ("tcp_user_timeout", "5000"),
     ]);
     let mut conn =
         tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(&options))

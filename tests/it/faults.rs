@@ -475,6 +475,8 @@ pub struct PrivateCluster {
     root: PathBuf,
     data: PathBuf,
     pub port: u16,
+    /// The network namespace the server runs in, if not this one (a host of its own).
+    netns: Option<String>,
 }
 
 impl PrivateCluster {
@@ -513,14 +515,14 @@ impl PrivateCluster {
     }
 
     fn command(&self, program: &Path) -> tokio::process::Command {
-        let mut command = match &self.user {
-            Some(user) => {
-                let mut c = tokio::process::Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(program);
-                c
-            }
-            None => tokio::process::Command::new(program),
-        };
+        let mut command = tokio::process::Command::new("/usr/bin/env");
+        if let Some(netns) = &self.netns {
+            command.args(["ip", "netns", "exec", netns]);
+        }
+        if let Some(user) = &self.user {
+            command.args(["runuser", "-u", user, "--"]);
+        }
+        command.arg(program);
         command.current_dir("/").kill_on_drop(true);
         command
     }
@@ -546,6 +548,12 @@ impl PrivateCluster {
     /// Starts a fresh cluster with a database `hookd`, or says why it cannot (`None` only when
     /// no PostgreSQL binaries exist at all; any other failure panics).
     pub async fn start() -> Option<PrivateCluster> {
+        Self::start_in(None, "127.0.0.1").await
+    }
+
+    /// Like [`PrivateCluster::start`], the server in network namespace `netns` listening on
+    /// `listen`; this side reaches it on its Unix socket ([`PrivateCluster::socket_url`]).
+    pub async fn start_in(netns: Option<&str>, listen: &str) -> Option<PrivateCluster> {
         let Some(bin) = Self::find_bin() else {
             println!(
                 "skipped: no PostgreSQL server binaries (HOOKD_TEST_PG_BIN unset and nothing in \
@@ -576,6 +584,7 @@ impl PrivateCluster {
             data: root.join("data"),
             root,
             port: 0,
+            netns: netns.map(str::to_owned),
         };
         let data = cluster.data.to_str().unwrap().to_owned();
         cluster
@@ -596,15 +605,30 @@ impl PrivateCluster {
             )
             .await
             .expect("initdb");
+        if netns.is_some() {
+            // The test hosts' links: trust, as on loopback.
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(cluster.data.join("pg_hba.conf"))
+                .unwrap()
+                .write_all(b"\nhost all all samenet trust\n")
+                .unwrap();
+        }
         let mut last_error = String::new();
         for _ in 0..5 {
             cluster.port = free_port();
             // Appended last, so it wins over the defaults; a plain restart keeps it.
             let settings = format!(
-                "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+                "\nlisten_addresses = '{listen}'\nport = {}\nunix_socket_directories = '{}'\n\
                  max_connections = 60\nshared_buffers = 32MB\nfsync = off\n\
                  synchronous_commit = off\nfull_page_writes = off\n",
-                cluster.port
+                cluster.port,
+                if netns.is_some() {
+                    cluster.root.to_str().unwrap()
+                } else {
+                    ""
+                },
             );
             use std::io::Write;
             std::fs::OpenOptions::new()
@@ -617,7 +641,10 @@ impl PrivateCluster {
                 Ok(()) => {
                     let admin = PgPoolOptions::new()
                         .max_connections(1)
-                        .connect(&cluster.url("postgres"))
+                        .connect(&match netns {
+                            Some(_) => cluster.socket_url("postgres"),
+                            None => cluster.url("postgres"),
+                        })
                         .await
                         .expect("connect to the private cluster");
                     sqlx::query("CREATE DATABASE hookd")
@@ -635,6 +662,15 @@ impl PrivateCluster {
 
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The server's Unix socket, which reaches across network namespaces.
+    pub fn socket_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{}/{database}?host={}",
+            self.port,
+            self.root.display()
+        )
     }
 
     pub async fn pg_start(&self) -> Result<(), String> {
@@ -669,13 +705,14 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        let mut stop = std::process::Command::new(match &self.user {
-            Some(_) => PathBuf::from("runuser"),
-            None => self.bin.join("pg_ctl"),
-        });
-        if let Some(user) = &self.user {
-            stop.args(["-u", user, "--"]).arg(self.bin.join("pg_ctl"));
+        let mut stop = std::process::Command::new("/usr/bin/env");
+        if let Some(netns) = &self.netns {
+            stop.args(["ip", "netns", "exec", netns]);
         }
+        if let Some(user) = &self.user {
+            stop.args(["runuser", "-u", user, "--"]);
+        }
+        stop.arg(self.bin.join("pg_ctl"));
         let _ = stop
             .args(["stop", "-w", "-s", "-m", "immediate", "-D"])
             .arg(&self.data)

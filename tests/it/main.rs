@@ -8,6 +8,7 @@ mod faults;
 mod forward;
 mod harness;
 mod ingest;
+mod netns;
 mod processes;
 mod processing;
 mod runbook;
