@@ -14,10 +14,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How often the monitor looks, and how long one look may take.
-const EVERY: Duration = Duration::from_millis(500);
+const EVERY: Duration = Duration::from_millis(250);
 const LOOK: Duration = Duration::from_millis(400);
-/// The one try a request gets while the database is known to be down.
-const TRY_WHILE_DOWN: Duration = Duration::from_millis(500);
+/// The one try a request gets while the database is known to be down: ample for a database
+/// that came back (connecting takes milliseconds), and short enough that a webhook queued
+/// behind another batch's try still hears 503 well within a second.
+const TRY_WHILE_DOWN: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub struct Reachability {
