@@ -70,17 +70,23 @@ impl Reachability {
         let mut conn: Option<PgConnection> = None;
         let mut ticks = tokio::time::interval(EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed = 0;
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            let up = tokio::time::timeout(LOOK, look(&pool, &mut conn))
+            let answered = tokio::time::timeout(LOOK, look(&pool, &mut conn))
                 .await
                 .is_ok_and(|r| r.is_ok());
-            if !up {
+            if answered {
+                failed = 0;
+            } else {
                 conn = None;
+                failed += 1;
             }
+            // Two looks in a row, so one slow answer on a loaded machine turns nobody away.
+            let up = failed < 2;
             if up != self.is_up() {
                 if up {
                     tracing::info!("the database is reachable again");
