@@ -48,6 +48,8 @@ pub struct Config {
     /// Signs forwarded events (Standard Webhooks); required when any forward URL is set.
     pub forward_secret: Option<standard::Secret>,
     pub forward_timeout: Duration,
+    /// Every forward URL must be https, and the client refuses anything else.
+    pub forward_https_only: bool,
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -228,6 +230,8 @@ impl Config {
                     .map_err(|e: String| invalid("CUSTOM_WEBHOOK_SECRET", e))
             })
             .transpose()?;
+        let forward_https_only =
+            sources.parsed("HOOKD_FORWARD_HTTPS_ONLY", false, "true or false")?;
         let mut forward_urls = HashMap::new();
         for source in Source::ALL {
             let name = format!("HOOKD_FORWARD_URL_{}", source.as_str().to_ascii_uppercase());
@@ -238,6 +242,15 @@ impl Config {
                     .ok_or_else(|| {
                         invalid(&name, format!("expected an http(s) URL, got {raw:?}"))
                     })?;
+                if forward_https_only && url.scheme() != "https" {
+                    return Err(invalid(
+                        &name,
+                        format!(
+                            "expected an https URL because HOOKD_FORWARD_HTTPS_ONLY is true, got {}://",
+                            url.scheme()
+                        ),
+                    ));
+                }
                 forward_urls.insert(source, url);
             }
         }
@@ -285,6 +298,7 @@ impl Config {
             forward_urls,
             forward_secret,
             forward_timeout: sources.millis("HOOKD_FORWARD_TIMEOUT_MS", 10_000)?,
+            forward_https_only,
             max_attempts: sources.positive("HOOKD_MAX_ATTEMPTS", 4)?,
             retry_base: sources.millis("HOOKD_RETRY_BASE_MS", 1_000)?,
             retry_max: sources.millis("HOOKD_RETRY_MAX_MS", 3_600_000)?,
@@ -367,6 +381,64 @@ mod tests {
         assert!(
             !err.to_string().contains("sk_live_oops"),
             "a secret must not be echoed"
+        );
+    }
+
+    #[test]
+    fn https_only_forwarding_refuses_plain_http_urls() {
+        const SECRET: (&str, &str) = (
+            "HOOKD_FORWARD_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let plain = (
+            "HOOKD_FORWARD_URL_TELNYX",
+            "http://user:pw@voice.example/hooks",
+        );
+        let tls = ("HOOKD_FORWARD_URL_STRIPE", "https://billing.example/hooks");
+        let config = Config::load(&sources(&[DB, SECRET, plain])).unwrap();
+        assert!(!config.forward_https_only, "off by default");
+        let err = Config::load(&sources(&[
+            DB,
+            SECRET,
+            tls,
+            plain,
+            ("HOOKD_FORWARD_HTTPS_ONLY", "true"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "HOOKD_FORWARD_URL_TELNYX is invalid: expected an https URL because \
+             HOOKD_FORWARD_HTTPS_ONLY is true, got http://"
+        );
+        assert!(!err.contains("pw"), "credentials in the URL are not echoed");
+        let config = Config::load(&sources(&[
+            DB,
+            SECRET,
+            tls,
+            ("HOOKD_FORWARD_HTTPS_ONLY", "true"),
+        ]))
+        .unwrap();
+        assert!(config.forward_https_only);
+        let path =
+            std::env::temp_dir().join(format!("hookd-https-only-{}.toml", std::process::id()));
+        std::fs::write(&path, "forward_https_only = true\n").unwrap();
+        let err = Config::load(&sources(&[
+            DB,
+            SECRET,
+            plain,
+            ("HOOKD_CONFIG", path.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("HOOKD_FORWARD_URL_TELNYX is invalid")
+        );
+        let err = Config::load(&sources(&[DB, ("HOOKD_FORWARD_HTTPS_ONLY", "yes")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "HOOKD_FORWARD_HTTPS_ONLY is invalid: expected true or false, got \"yes\""
         );
     }
 

@@ -174,6 +174,7 @@ pub fn worker(
         config.forward_urls.clone(),
         config.forward_secret.clone(),
         config.forward_timeout,
+        config.forward_https_only,
     )
     .context("building the HTTP client for forwarding")?;
     Ok(Worker::new(

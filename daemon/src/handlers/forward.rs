@@ -1,6 +1,15 @@
 //! Optional forwarding of each event's original body to a downstream URL per source, signed
 //! with Standard Webhooks headers so the receiver can verify it and deduplicate on
 //! `webhook-id` (a crash between delivery and commit means the delivery is repeated).
+//!
+//! The downstream is trusted with events, not with hookd itself. Redirects are not followed:
+//! a 3xx is a failed delivery, because following one would let whoever controls (or spoofs)
+//! the downstream steer hookd's signed requests at internal addresses it never configured.
+//! For the same reason no `Referer` is sent. Of the response only the first
+//! [`RESPONSE_SNIPPET`] bytes are read, then the connection is dropped, so a hostile or broken
+//! downstream streaming an endless body can neither make hookd buffer it nor hold a worker
+//! past the forward timeout. `HOOKD_FORWARD_HTTPS_ONLY` additionally keeps event bodies and
+//! signatures off cleartext links.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,10 +43,15 @@ impl Forwarder {
         urls: HashMap<Source, reqwest::Url>,
         secret: Option<standard::Secret>,
         timeout: Duration,
+        https_only: bool,
     ) -> reqwest::Result<Self> {
+        // The total timeout also bounds reading the body, however slowly it trickles.
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .https_only(https_only)
             .user_agent(concat!("hookd/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Forwarder {
@@ -85,14 +99,7 @@ impl Forwarder {
             }
         };
         let status = response.status();
-        let mut text = response.text().await.unwrap_or_default();
-        if text.len() > RESPONSE_SNIPPET {
-            let mut end = RESPONSE_SNIPPET;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-        }
+        let text = snippet(response).await;
         Some(Delivery {
             status: Some(status.as_u16()),
             error: (!status.is_success())
@@ -100,6 +107,55 @@ impl Forwarder {
             response: Some(text),
         })
     }
+}
+
+/// The start of the response body, at most [`RESPONSE_SNIPPET`] bytes of text; the rest is
+/// never read. The status has already decided the outcome, so a body that breaks off or
+/// times out still yields what arrived.
+async fn snippet(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::with_capacity(RESPONSE_SNIPPET);
+    while kept.len() < RESPONSE_SNIPPET {
+        let Ok(Some(chunk)) = response.chunk().await else {
+            break;
+        };
+        let room = RESPONSE_SNIPPET - kept.len();
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    // Dropping the response closes the connection instead of draining it for reuse.
+    drop(response);
+    if kept.len() == RESPONSE_SNIPPET {
+        kept.truncate(complete_prefix(&kept));
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    // Replacement characters are wider than the invalid bytes they stand for.
+    if text.len() > RESPONSE_SNIPPET {
+        let mut end = RESPONSE_SNIPPET;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The length of `bytes` without a multi-byte UTF-8 sequence that the cut left unfinished, so
+/// the snippet does not end in a replacement character the downstream never sent.
+fn complete_prefix(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue;
+        }
+        let width = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if width > back { len - back } else { len };
+    }
+    len
 }
 
 /// The URL without credentials or query, which may carry tokens.
@@ -119,5 +175,25 @@ fn describe(e: &reqwest::Error) -> &'static str {
         "could not connect"
     } else {
         "request error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_never_leaves_half_a_character() {
+        let euro = "€".as_bytes();
+        for keep in 0..=euro.len() {
+            let mut bytes = b"ab".to_vec();
+            bytes.extend_from_slice(&euro[..keep]);
+            let want = if keep == euro.len() { 5 } else { 2 };
+            assert_eq!(complete_prefix(&bytes), want, "{keep} of 3 bytes kept");
+        }
+        assert_eq!(complete_prefix(b""), 0);
+        assert_eq!(complete_prefix("ab\u{1F600}".as_bytes()), 6);
+        // Invalid bytes the downstream sent are left to lossy decoding.
+        assert_eq!(complete_prefix(&[b'a', 0x80, 0x80, 0x80, 0x80]), 5);
     }
 }
