@@ -34,6 +34,43 @@ fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+fn trimmed(value: &str) -> Option<String> {
+    Some(value.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// Characters after `whsec_` in the shortest Stripe endpoint secret. Stripe's documentation
+/// shows only `whsec_...` and states no length; the secrets it issues carry 32 characters
+/// after the prefix (the dashboard's) or more (`stripe listen` prints 64 hex digits), so a
+/// shorter one is a truncated paste or a made-up value that Stripe will never sign with.
+const STRIPE_SECRET_MIN_CHARS: usize = 32;
+
+/// The Standard Webhooks specification asks for keys of 24 to 64 bytes.
+const STANDARD_KEY_MIN_BYTES: usize = 24;
+
+/// The admin token can retry and purge the dead-letter queue: this rules out the short,
+/// memorable tokens typed by hand; docs/INSTALL.md's `head -c 32 /dev/urandom | base64` gives 44.
+const ADMIN_TOKEN_MIN_BYTES: usize = 32;
+
+/// A Standard Webhooks secret, refused when its key is too short to be worth verifying with.
+fn standard_secret(sources: &Sources, name: &str) -> Result<Option<standard::Secret>, ConfigError> {
+    let Some(text) = sources.secret(name)? else {
+        return Ok(None);
+    };
+    let secret: standard::Secret = text.parse().map_err(|e: String| invalid(name, e))?;
+    if secret.key_len() < STANDARD_KEY_MIN_BYTES {
+        return Err(invalid(
+            name,
+            format!(
+                "the key is shorter than {STANDARD_KEY_MIN_BYTES} bytes, the Standard Webhooks \
+                 minimum (`hookd dev-secrets` prints a 32-byte one)"
+            ),
+        ));
+    }
+    Ok(Some(secret))
+}
+
 /// Everything `hookd serve` needs. Secrets are wrapped so `Debug` and logs never show them.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -108,6 +145,11 @@ impl Sources {
         if let Some(value) = self.env.get(name).filter(|v| !v.is_empty()) {
             return Ok(Some(value.clone()));
         }
+        self.in_file(name)
+    }
+
+    /// The setting as the TOML file has it, if at all.
+    fn in_file(&self, name: &str) -> Result<Option<String>, ConfigError> {
         match self.file.get(&Self::file_key(name)) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
@@ -124,10 +166,12 @@ impl Sources {
     }
 
     /// A secret: the variable, `NAME_FILE`, then the systemd credential named like the TOML
-    /// key, then the TOML file. Trailing newlines of files are not part of the secret.
+    /// key, then the TOML file. Surrounding whitespace is not part of the secret: pasting
+    /// picks up a stray space or newline, and no secret hookd reads has one at either end. A
+    /// secret that is empty once trimmed is unset.
     pub fn secret(&self, name: &str) -> Result<Option<String>, ConfigError> {
-        if let Some(value) = self.env.get(name).filter(|v| !v.is_empty()) {
-            return Ok(Some(value.clone()));
+        if let Some(value) = self.env.get(name).and_then(|v| trimmed(v)) {
+            return Ok(Some(value));
         }
         let file_var = format!("{name}_FILE");
         let path = if let Some(path) = self.env.get(&file_var).filter(|v| !v.is_empty()) {
@@ -145,10 +189,9 @@ impl Sources {
                     path: path.clone(),
                     source,
                 })?;
-            let text = text.trim_end_matches(['\n', '\r']).to_owned();
-            return Ok(Some(text).filter(|t| !t.is_empty()));
+            return Ok(trimmed(&text));
         }
-        self.get(name)
+        Ok(self.in_file(name)?.and_then(|v| trimmed(&v)))
     }
 
     fn parsed<T: std::str::FromStr>(
@@ -206,13 +249,29 @@ impl Config {
             "an address such as 127.0.0.1:8080",
         )?;
         let stripe_secret = sources.secret("STRIPE_WEBHOOK_SECRET")?;
-        if let Some(secret) = &stripe_secret
-            && !secret.starts_with("whsec_")
-        {
-            return Err(invalid(
-                "STRIPE_WEBHOOK_SECRET",
-                "expected a secret starting with whsec_",
-            ));
+        if let Some(secret) = &stripe_secret {
+            let Some(rest) = secret.strip_prefix("whsec_") else {
+                return Err(invalid(
+                    "STRIPE_WEBHOOK_SECRET",
+                    "expected a secret starting with whsec_",
+                ));
+            };
+            if rest.is_empty() {
+                return Err(invalid(
+                    "STRIPE_WEBHOOK_SECRET",
+                    "the secret is only the whsec_ prefix; copy the endpoint's whole signing secret",
+                ));
+            }
+            if rest.chars().count() < STRIPE_SECRET_MIN_CHARS {
+                return Err(invalid(
+                    "STRIPE_WEBHOOK_SECRET",
+                    format!(
+                        "shorter than Stripe's endpoint secrets (whsec_ and at least \
+                         {STRIPE_SECRET_MIN_CHARS} characters); copy the endpoint's whole \
+                         signing secret"
+                    ),
+                ));
+            }
         }
         let telnyx_public_key = sources
             .secret("TELNYX_PUBLIC_KEY")?
@@ -222,14 +281,7 @@ impl Config {
                     .map_err(|e: String| invalid("TELNYX_PUBLIC_KEY", e))
             })
             .transpose()?;
-        let custom_secret = sources
-            .secret("CUSTOM_WEBHOOK_SECRET")?
-            .map(|k| {
-                k.trim()
-                    .parse()
-                    .map_err(|e: String| invalid("CUSTOM_WEBHOOK_SECRET", e))
-            })
-            .transpose()?;
+        let custom_secret = standard_secret(sources, "CUSTOM_WEBHOOK_SECRET")?;
         let forward_https_only =
             sources.parsed("HOOKD_FORWARD_HTTPS_ONLY", false, "true or false")?;
         let mut forward_urls = HashMap::new();
@@ -254,14 +306,7 @@ impl Config {
                 forward_urls.insert(source, url);
             }
         }
-        let forward_secret = sources
-            .secret("HOOKD_FORWARD_SECRET")?
-            .map(|k| {
-                k.trim()
-                    .parse()
-                    .map_err(|e: String| invalid("HOOKD_FORWARD_SECRET", e))
-            })
-            .transpose()?;
+        let forward_secret = standard_secret(sources, "HOOKD_FORWARD_SECRET")?;
         if forward_secret.is_none() && !forward_urls.is_empty() {
             return Err(invalid(
                 "HOOKD_FORWARD_SECRET",
@@ -285,6 +330,19 @@ impl Config {
                 ));
             }
         };
+        let admin_token = sources.secret("HOOKD_ADMIN_TOKEN")?;
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < ADMIN_TOKEN_MIN_BYTES)
+        {
+            return Err(invalid(
+                "HOOKD_ADMIN_TOKEN",
+                format!(
+                    "must be at least {ADMIN_TOKEN_MIN_BYTES} bytes, \
+                     e.g. `head -c 32 /dev/urandom | base64`"
+                ),
+            ));
+        }
         // 0 makes a receive-only instance: it stores events, other instances process them.
         let workers: usize = sources.parsed("HOOKD_WORKERS", 4, "a whole number")?;
         let config = Config {
@@ -294,7 +352,7 @@ impl Config {
             stripe_secret: stripe_secret.map(SecretString::from),
             telnyx_public_key,
             custom_secret,
-            admin_token: sources.secret("HOOKD_ADMIN_TOKEN")?.map(SecretString::from),
+            admin_token: admin_token.map(SecretString::from),
             forward_urls,
             forward_secret,
             forward_timeout: sources.millis("HOOKD_FORWARD_TIMEOUT_MS", 10_000)?,
@@ -474,8 +532,12 @@ mod tests {
     fn secrets_come_from_files_and_credentials_and_never_from_debug() {
         let dir = std::env::temp_dir().join(format!("hookd-creds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("stripe_webhook_secret"), "whsec_from_credential\n").unwrap();
-        std::fs::write(dir.join("token"), "admin-from-file\n").unwrap();
+        std::fs::write(
+            dir.join("stripe_webhook_secret"),
+            format!("{STRIPE_FROM_CREDENTIAL}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("token"), format!("{ADMIN_FROM_FILE}\n")).unwrap();
         let config = Config::load(&sources(&[
             DB,
             ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
@@ -487,16 +549,156 @@ mod tests {
         .unwrap();
         assert_eq!(
             config.stripe_secret.as_ref().unwrap().expose_secret(),
-            "whsec_from_credential"
+            STRIPE_FROM_CREDENTIAL
         );
         assert_eq!(
             config.admin_token.as_ref().unwrap().expose_secret(),
-            "admin-from-file"
+            ADMIN_FROM_FILE
         );
         let debug = format!("{config:?}");
-        for secret in ["whsec_from_credential", "admin-from-file", "pw@localhost"] {
+        for secret in [STRIPE_FROM_CREDENTIAL, ADMIN_FROM_FILE, "pw@localhost"] {
             assert!(!debug.contains(secret), "{secret} leaked into {debug}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const STRIPE_FROM_CREDENTIAL: &str = "whsec_fromCredential0123456789abcdefXYZ";
+    const ADMIN_FROM_FILE: &str = "admin-from-file-0123456789abcdefghij";
+
+    /// A Standard Webhooks secret whose key has `len` bytes.
+    fn standard_of(len: usize) -> String {
+        use base64::Engine as _;
+        let key: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37) ^ 0x5a).collect();
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    }
+
+    #[test]
+    fn weak_secrets_and_tokens_are_refused_by_name_without_echoing_them() {
+        let stripe_31 = format!("whsec_{}", "Q7".repeat(15) + "x");
+        let custom_23 = standard_of(23);
+        let admin_31 = "0123456789abcdef0123456789abcde".to_owned();
+        let cases = [
+            (
+                "STRIPE_WEBHOOK_SECRET",
+                "whsec_".to_owned(),
+                "whsec_ prefix",
+            ),
+            ("STRIPE_WEBHOOK_SECRET", stripe_31, "at least 32 characters"),
+            ("CUSTOM_WEBHOOK_SECRET", custom_23.clone(), "24 bytes"),
+            ("HOOKD_FORWARD_SECRET", custom_23, "24 bytes"),
+            ("HOOKD_ADMIN_TOKEN", admin_31, "at least 32 bytes"),
+        ];
+        for (name, value, why) in cases {
+            let err = Config::load(&sources(&[DB, (name, &value)])).unwrap_err();
+            let ConfigError::Invalid { name: named, .. } = &err else {
+                panic!("{name}: {err:?}");
+            };
+            assert_eq!(named, name);
+            let line = err.to_string();
+            assert!(line.starts_with(&format!("{name} is invalid: ")), "{line}");
+            assert!(line.contains(why), "{line}");
+            assert_eq!(line.lines().count(), 1, "{line}");
+            let body = value.strip_prefix("whsec_").unwrap_or(&value);
+            assert!(
+                body.is_empty() || !line.contains(body),
+                "{name} echoed: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_at_the_minimums_are_accepted() {
+        let stripe = format!("whsec_{}", "Q7".repeat(16));
+        let standard = standard_of(24);
+        let admin = "0123456789abcdef0123456789abcdef";
+        let config = Config::load(&sources(&[
+            DB,
+            ("STRIPE_WEBHOOK_SECRET", &stripe),
+            ("CUSTOM_WEBHOOK_SECRET", &standard),
+            ("HOOKD_FORWARD_SECRET", &standard),
+            ("HOOKD_ADMIN_TOKEN", admin),
+        ]))
+        .unwrap();
+        assert_eq!(config.stripe_secret.unwrap().expose_secret(), stripe);
+        assert_eq!(config.custom_secret.unwrap().key_len(), 24);
+        assert_eq!(config.forward_secret.unwrap().key_len(), 24);
+        assert_eq!(config.admin_token.unwrap().expose_secret(), admin);
+    }
+
+    #[test]
+    fn secrets_are_trimmed_wherever_they_come_from() {
+        let dir = std::env::temp_dir().join(format!("hookd-trim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stripe = STRIPE_FROM_CREDENTIAL;
+        let standard = standard_of(32);
+        let admin = ADMIN_FROM_FILE;
+        std::fs::write(
+            dir.join("stripe_webhook_secret"),
+            format!(" \t{stripe} \r\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("admin"), format!("\n{admin}\n\n")).unwrap();
+        let toml = dir.join("hookd.toml");
+        std::fs::write(&toml, format!("forward_secret = \"  {standard}\\n\"\n")).unwrap();
+        let pasted = format!("  {standard} \n");
+        let config = Config::load(&sources(&[
+            DB,
+            ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
+            (
+                "HOOKD_ADMIN_TOKEN_FILE",
+                dir.join("admin").to_str().unwrap(),
+            ),
+            ("HOOKD_CONFIG", toml.to_str().unwrap()),
+            ("CUSTOM_WEBHOOK_SECRET", &pasted),
+        ]))
+        .unwrap();
+        assert_eq!(config.stripe_secret.unwrap().expose_secret(), stripe);
+        assert_eq!(config.admin_token.unwrap().expose_secret(), admin);
+        assert_eq!(config.custom_secret.unwrap().to_whsec(), standard);
+        assert_eq!(config.forward_secret.unwrap().to_whsec(), standard);
+
+        // Only whitespace is as good as empty: unset, so the next place is looked at.
+        let config = Config::load(&sources(&[
+            DB,
+            ("HOOKD_ADMIN_TOKEN", " \n"),
+            ("STRIPE_WEBHOOK_SECRET", "\t"),
+            ("HOOKD_CONFIG", toml.to_str().unwrap()),
+            ("HOOKD_FORWARD_SECRET", "  "),
+        ]))
+        .unwrap();
+        assert!(config.admin_token.is_none() && config.stripe_secret.is_none());
+        assert_eq!(config.forward_secret.unwrap().to_whsec(), standard);
+        std::fs::write(dir.join("admin"), " \n").unwrap();
+        let config = Config::load(&sources(&[
+            DB,
+            (
+                "HOOKD_ADMIN_TOKEN_FILE",
+                dir.join("admin").to_str().unwrap(),
+            ),
+        ]))
+        .unwrap();
+        assert!(config.admin_token.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dev_secrets_pass_the_start_up_checks() {
+        let printed = crate::send::dev_secrets();
+        let mut env: Vec<(&str, &str)> = printed
+            .lines()
+            .map(|line| {
+                line.strip_prefix("export ")
+                    .and_then(|l| l.split_once('='))
+                    .unwrap_or_else(|| panic!("not an export line: {line}"))
+            })
+            .collect();
+        env.push(DB);
+        let config = Config::load(&sources(&env)).unwrap();
+        assert!(config.stripe_secret.is_some() && config.telnyx_public_key.is_some());
+        assert!(config.custom_secret.is_some() && config.forward_secret.is_some());
+        assert!(config.admin_token.is_some());
     }
 }

@@ -373,7 +373,7 @@ fn body_for(route: usize) -> BoxedStrategy<Body> {
     .boxed()
 }
 
-const STRIPE_SECRET: &str = "whsec_prop_stripe";
+const STRIPE_SECRET: &str = "whsec_propStripe9Xc3Rt6Yp8Km1Zd5Gh0Lw2Vb4N";
 const CUSTOM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TELNYX_SEED: [u8; 32] = [9; 32];
 

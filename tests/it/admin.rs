@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const TOKEN: &str = "s3cret-admin-token-for-tests";
+const TOKEN: &str = "s3cret-admin-token-for-the-admin-tests";
 
 async fn admin_hookd(pool: &PgPool, extra: &[(&str, &str)]) -> Hookd {
     let mut env = vec![("HOOKD_ADMIN_TOKEN", TOKEN)];

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::harness::*;
 
-const TOKEN: &str = "badinput-admin-token";
+const TOKEN: &str = "badinput-admin-token-0123456789abcdef";
 
 /// hookd in-process with all routes, the admin API, no rate limit and no workers (stored
 /// events stay exactly as ingest left them).

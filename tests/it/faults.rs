@@ -21,7 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::harness::*;
 
-const ADMIN_TOKEN: &str = "faults-admin-token";
+const ADMIN_TOKEN: &str = "faults-admin-token-0123456789abcdef";
 
 // ------------------------------------------------------------------ processes ----
 

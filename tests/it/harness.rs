@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const STRIPE_SECRET: &str = "whsec_test_secret";
+pub const STRIPE_SECRET: &str = "whsec_hookdIt4Ns7qLw2Vb9Xc3Rt6Yp8Km1Zd5Gh0";
 pub const CUSTOM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const TELNYX_SEED: [u8; 32] = [7; 32];
 

@@ -302,6 +302,38 @@ async fn bad_configuration_stops_start_up_with_one_line_naming_it() {
     }
 }
 
+#[tokio::test]
+async fn weak_secrets_and_a_short_admin_token_stop_start_up() {
+    for (name, value) in [
+        ("HOOKD_ADMIN_TOKEN", "short-admin-token-Zq8Wm"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_tooShort7Zq8Wm"),
+        // "short-key-Zq8Wm": 15 bytes.
+        ("CUSTOM_WEBHOOK_SECRET", "whsec_c2hvcnQta2V5LVpxOFdt"),
+        ("HOOKD_FORWARD_SECRET", "whsec_c2hvcnQta2V5LVpxOFdt"),
+    ] {
+        let output = std::process::Command::new(hookd_bin())
+            .arg("serve")
+            .env_clear()
+            .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(78), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("hookd: {name} is invalid: ")),
+            "{err}"
+        );
+        let secret = value.strip_prefix("whsec_").unwrap_or(value);
+        assert!(
+            secret.is_empty() || !err.contains(secret),
+            "the secret is not echoed: {err}"
+        );
+    }
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn hookd_send_delivers_signed_samples_a_running_hookd_accepts(pool: PgPool) {
     let hookd = Process::spawn(&pool, &[]).ready().await;

@@ -11,7 +11,7 @@ use hookd::verify::{standard, stripe};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-const STRIPE_SECRET: &str = "whsec_test_secret";
+const STRIPE_SECRET: &str = "whsec_hooktopTmux3Fq8Lw2Vb9Xc4Rt6Yp1Km7Zd5";
 const CUSTOM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// How long the screen may take to show what the database holds.
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(20);

@@ -32,6 +32,12 @@ impl Secret {
         format!("{PREFIX}{}", BASE64.encode(&self.0))
     }
 
+    /// How many bytes the decoded key has, so configuration can refuse weak keys while
+    /// verification keeps accepting any.
+    pub fn key_len(&self) -> usize {
+        self.0.len()
+    }
+
     /// A fresh random 32-byte secret, for development setups.
     pub fn generate() -> Self {
         let mut key = vec![0; 32];
