@@ -66,6 +66,9 @@ pub enum DlqCommand {
     Purge {
         #[arg(long, value_parser = parse_age)]
         older_than: Duration,
+        /// Purge even with an age under 1h.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +86,17 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
         return Err("expected an age such as 7d or 12h, of at most 100 years".into());
     }
     Ok(age)
+}
+
+/// A purge of events that died less than this long ago needs `--force` (`force=true` in the
+/// admin API). It empties the dead-letter queue for good, and the idempotency keys outlive
+/// the events, so what the providers resend of them is answered as a duplicate and never
+/// processed: with a recent age that is likely a typo or a panic, not a cleanup.
+pub const PURGE_FORCE_BELOW: Duration = Duration::from_secs(3_600);
+
+/// Whether purging events older than `age` needs to be forced.
+pub fn purge_needs_force(age: Duration) -> bool {
+    age < PURGE_FORCE_BELOW
 }
 
 fn chrono_age(age: Duration) -> anyhow::Result<chrono::Duration> {
@@ -144,7 +158,19 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
                 format!("retried {n} events")
             }
         }
-        DlqCommand::Purge { older_than, json } => {
+        DlqCommand::Purge {
+            older_than,
+            force,
+            json,
+        } => {
+            if purge_needs_force(older_than) && !force {
+                anyhow::bail!(
+                    "refusing to purge with an age under {}: purged events are gone for good, \
+                     and the providers' resends of them would be dropped as duplicates; \
+                     pass --force to purge anyway",
+                    humantime::format_duration(PURGE_FORCE_BELOW)
+                );
+            }
             let n = dlq::purge_older_than(pool, chrono_age(older_than)?).await?;
             if json {
                 json!({ "purged": n }).to_string()
@@ -169,6 +195,16 @@ mod tests {
         assert!(parse_age("seven days").is_err());
         assert!(parse_age("").is_err());
         assert!(parse_age("300000y").is_err());
+    }
+
+    #[test]
+    fn only_purges_of_an_hour_or_more_go_unforced() {
+        for age in ["0s", "5m", "59m", "59m 59s"] {
+            assert!(purge_needs_force(parse_age(age).unwrap()), "{age}");
+        }
+        for age in ["1h", "60m", "7d"] {
+            assert!(!purge_needs_force(parse_age(age).unwrap()), "{age}");
+        }
     }
 
     #[test]

@@ -188,6 +188,65 @@ async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_purge_under_an_hour_needs_force_true(pool: PgPool) {
+    let mut ids = vec![];
+    for i in 0..3 {
+        let body = json!({"type": "order.placed", "id": format!("r{i}"), "created": 0}).to_string();
+        ids.push(
+            store(
+                &pool,
+                Source::Custom,
+                &format!("r{i}"),
+                "order.placed",
+                &body,
+            )
+            .await,
+        );
+    }
+    kill(&pool, &ids).await;
+    // Died 10, 20 and 30 minutes ago: what a purge right after an incident would find.
+    sqlx::query(
+        "UPDATE events SET dead_at = now() - make_interval(mins => 10 * (array_position($1, id))) \
+         WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN)]);
+    config.workers = 0;
+    let hookd = Hookd::start(&pool, config).await;
+    let purge = |path: &'static str| call(&hookd, "DELETE", path, Some(TOKEN), None);
+    let dead = "SELECT count(*) FROM events WHERE state = 'dead'";
+
+    for path in [
+        "/api/webhooks/dlq?older_than=0s",
+        "/api/webhooks/dlq?older_than=5m",
+        "/api/webhooks/dlq?older_than=59m",
+        "/api/webhooks/dlq?older_than=5m&force=false",
+    ] {
+        let (status, reply) = purge(path).await;
+        assert_eq!(status, 400, "{path}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.contains("under 1h") && error.contains("force=true"),
+            "{path}: {error}"
+        );
+    }
+    assert_eq!(count(&pool, dead).await, 3, "nothing was purged");
+    assert_eq!(
+        purge("/api/webhooks/dlq?older_than=1h").await,
+        (200, json!({"purged": 0, "older_than": "1h"}))
+    );
+    assert_eq!(
+        purge("/api/webhooks/dlq?older_than=15m&force=true").await,
+        (200, json!({"purged": 2, "older_than": "15m"}))
+    );
+    assert_eq!(count(&pool, dead).await, 1);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn analytics_and_health_report_what_the_database_holds(pool: PgPool) {
     // In the last hour: 3 invoice.paid succeeded, 1 died after 3 failed tries; 1 type skipped.
     sqlx::query(

@@ -265,6 +265,35 @@ async fn the_dlq_commands_retry_all_and_purge(pool: PgPool) {
     assert!(err.contains("expected an age such as 7d or 12h"), "{err}");
 }
 
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_purge_under_an_hour_needs_force(pool: PgPool) {
+    backlog(&pool, 3).await;
+    // Died 10, 20 and 30 minutes ago: what a purge right after an incident would find.
+    sqlx::query("UPDATE events SET state = 'dead', dead_at = now() - make_interval(mins => 10 * id::int), last_error = 'boom'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dead = "SELECT count(*) FROM events WHERE state = 'dead'";
+    for age in ["0s", "5m", "59m"] {
+        let (ok, out, err) = hookd_cli(&pool, &["dlq", "purge", "--older-than", age]);
+        assert!(!ok, "{age}: {out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("hookd: refusing to purge with an age under 1h")
+                && err.contains("--force"),
+            "{age}: {err}"
+        );
+    }
+    assert_eq!(count(&pool, dead).await, 3, "nothing was purged");
+    let (ok, out, _) = hookd_cli(&pool, &["dlq", "purge", "--older-than", "1h", "--json"]);
+    assert!(ok);
+    assert_eq!(out.trim(), r#"{"purged":0}"#);
+    let (ok, out, err) = hookd_cli(&pool, &["dlq", "purge", "--older-than", "15m", "--force"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "purged 2 dead events older than 15m");
+    assert_eq!(count(&pool, dead).await, 1);
+}
+
 #[tokio::test]
 async fn bad_configuration_stops_start_up_with_one_line_naming_it() {
     for (env, expected) in [

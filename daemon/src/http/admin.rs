@@ -156,6 +156,8 @@ pub async fn retry(
 #[derive(Debug, Deserialize)]
 pub struct PurgeQuery {
     older_than: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
 pub async fn purge(
@@ -165,12 +167,20 @@ pub async fn purge(
     let text = query.older_than.ok_or_else(|| {
         ApiError::BadRequest("older_than is required, e.g. ?older_than=7d".into())
     })?;
-    let age = crate::cli::parse_age(&text)
-        .ok()
+    let std_age = crate::cli::parse_age(&text).ok();
+    let age = std_age
         .and_then(|age| chrono::Duration::from_std(age).ok())
         .ok_or_else(|| {
             ApiError::BadRequest("older_than must be an age such as 7d or 12h".into())
         })?;
+    if std_age.is_some_and(crate::cli::purge_needs_force) && !query.force {
+        return Err(ApiError::BadRequest(format!(
+            "refusing to purge with older_than under {}: purged events are gone for good, and \
+             the providers' resends of them would be dropped as duplicates; add force=true to \
+             purge anyway",
+            humantime::format_duration(crate::cli::PURGE_FORCE_BELOW)
+        )));
+    }
     let purged = dlq::purge_older_than(state.pool(), age).await?;
     Ok(Json(json!({ "purged": purged, "older_than": text })))
 }
