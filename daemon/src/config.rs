@@ -96,9 +96,24 @@ pub struct Config {
     pub lease: Duration,
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
-    /// Webhook requests per second per client address; `None` when turned off.
+    /// Requests per second per client that fail verification (or hit no route, or fail the
+    /// admin token), and the burst above it; `None` when turned off.
     pub rate_limit: Option<u32>,
     pub rate_burst: u32,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Verified deliveries per second per source, for operators who want a ceiling.
+    pub source_rate_limit: Option<u32>,
+    /// What request bodies may take in memory at once, in bytes; see `http::body`.
+    pub memory_budget: usize,
+    /// Webhook requests whose body is being read or held at once.
+    pub max_bodies: usize,
+    pub max_connections: usize,
+    /// From the end of a request's head to its answer.
+    pub request_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` and `lock_timeout` on hookd's connections; zero is off.
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
     pub db_max_connections: u32,
     pub log_json: bool,
 }
@@ -223,6 +238,38 @@ impl Sources {
     fn millis(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
         self.positive(name, default).map(Duration::from_millis)
     }
+
+    /// Milliseconds where 0 (as in PostgreSQL) turns the limit off.
+    fn millis_or_off(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
+        self.parsed(name, default, "a whole number of milliseconds (0: off)")
+            .map(Duration::from_millis)
+    }
+
+    /// A rate per second, or `off` / `0`.
+    fn rate(&self, name: &str, default: Option<u32>) -> Result<Option<u32>, ConfigError> {
+        match self.get(name)?.as_deref().map(str::trim) {
+            Some("off" | "0") => Ok(None),
+            None => Ok(default),
+            Some(_) => self.positive(name, 1u32).map(Some),
+        }
+    }
+}
+
+/// `HOOKD_TRUSTED_PROXIES`: addresses and CIDR ranges, separated by commas or spaces.
+fn trusted_proxies(raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.split([',', ' ', '\n', '\t'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "HOOKD_TRUSTED_PROXIES",
+                        format!("expected addresses or CIDR ranges, got {part:?}"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// The URL the database is reached at; `migrate`, `dlq` and `serve` all need it.
@@ -242,6 +289,15 @@ pub fn schema(sources: &Sources) -> Result<Schema, ConfigError> {
 }
 
 impl Config {
+    pub fn pool_settings(&self) -> crate::PoolSettings {
+        crate::PoolSettings {
+            schema: self.schema.clone(),
+            max_connections: self.db_max_connections,
+            statement_timeout: self.statement_timeout,
+            lock_timeout: self.lock_timeout,
+        }
+    }
+
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
         let listen = sources.parsed(
             "HOOKD_LISTEN",
@@ -313,9 +369,11 @@ impl Config {
                 "must be set (a whsec_ secret) to sign forwarded events",
             ));
         }
-        let rate_limit = match sources.get("HOOKD_RATE_LIMIT")?.as_deref().map(str::trim) {
-            Some("off" | "0") => None,
-            _ => Some(sources.positive("HOOKD_RATE_LIMIT", 100u32)?),
+        let rate_limit = sources.rate("HOOKD_RATE_LIMIT", Some(20))?;
+        let source_rate_limit = sources.rate("HOOKD_SOURCE_RATE_LIMIT", None)?;
+        let trusted_proxies = match sources.get("HOOKD_TRUSTED_PROXIES")? {
+            None => Vec::new(),
+            Some(raw) => trusted_proxies(&raw)?,
         };
         let log_format = sources
             .get("HOOKD_LOG_FORMAT")?
@@ -369,7 +427,15 @@ impl Config {
                 sources.positive("HOOKD_SHUTDOWN_TIMEOUT_SECS", 20)?,
             ),
             rate_limit,
-            rate_burst: sources.positive("HOOKD_RATE_BURST", 1_000)?,
+            rate_burst: sources.positive("HOOKD_RATE_BURST", 100)?,
+            trusted_proxies,
+            source_rate_limit,
+            memory_budget: sources.positive("HOOKD_MEMORY_BUDGET", 256 << 20)?,
+            max_bodies: sources.positive("HOOKD_MAX_BODIES", 1024)?,
+            max_connections: sources.positive("HOOKD_MAX_CONNECTIONS", 1024)?,
+            request_timeout: sources.millis("HOOKD_REQUEST_TIMEOUT_MS", 10_000)?,
+            statement_timeout: sources.millis_or_off("HOOKD_STATEMENT_TIMEOUT_MS", 5_000)?,
+            lock_timeout: sources.millis_or_off("HOOKD_LOCK_TIMEOUT_MS", 2_000)?,
             // Ingest, the listener and every worker each want a connection.
             db_max_connections: sources
                 .positive("HOOKD_DB_MAX_CONNECTIONS", 16 + workers as u32)?,
@@ -411,6 +477,46 @@ mod tests {
         assert_eq!(config.retry_base, Duration::from_secs(1));
         assert_eq!(config.body_limit, 1 << 20);
         assert!(config.stripe_secret.is_none() && config.forward_urls.is_empty());
+    }
+
+    #[test]
+    fn edge_settings_have_safe_defaults_and_are_named_when_wrong() {
+        let config = Config::load(&sources(&[DB])).unwrap();
+        assert_eq!(
+            (config.rate_limit, config.source_rate_limit),
+            (Some(20), None)
+        );
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.statement_timeout, Duration::from_secs(5));
+        assert_eq!(config.lock_timeout, Duration::from_secs(2));
+        let config = Config::load(&sources(&[
+            DB,
+            (
+                "HOOKD_TRUSTED_PROXIES",
+                "10.0.0.0/8, 127.0.0.1 ::1,fd00::/8",
+            ),
+            ("HOOKD_RATE_LIMIT", "off"),
+            ("HOOKD_SOURCE_RATE_LIMIT", "50"),
+            ("HOOKD_LOCK_TIMEOUT_MS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(config.trusted_proxies.len(), 4);
+        assert_eq!(config.trusted_proxies[1].to_string(), "127.0.0.1/32");
+        assert_eq!(
+            (config.rate_limit, config.source_rate_limit),
+            (None, Some(50))
+        );
+        assert_eq!(config.lock_timeout, Duration::ZERO, "0 turns it off");
+        let err = Config::load(&sources(&[DB, ("HOOKD_TRUSTED_PROXIES", "10.0.0.0/33")]));
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "HOOKD_TRUSTED_PROXIES is invalid: expected addresses or CIDR ranges, got \"10.0.0.0/33\""
+        );
+        let err = Config::load(&sources(&[DB, ("HOOKD_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("HOOKD_MAX_CONNECTIONS is invalid")
+        );
     }
 
     #[test]

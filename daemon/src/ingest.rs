@@ -43,15 +43,27 @@ impl Ingest {
         Ingest { jobs }
     }
 
-    /// Stores the event; returns once it is committed (or known to be a duplicate).
-    pub async fn insert(&self, event: NewEvent) -> sqlx::Result<Inserted> {
+    /// Stores the event; returns once it is committed (or known to be a duplicate). A full
+    /// queue refuses at once: waiting for room would only hold the body longer and answer
+    /// later than a stalled writer deserves.
+    pub async fn insert(&self, event: NewEvent) -> Result<Inserted, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { event, reply })
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+            .try_send(Job { event, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => IngestError::Full,
+                mpsc::error::TrySendError::Closed(_) => sqlx::Error::PoolClosed.into(),
+            })?;
+        Ok(answer.await.map_err(|_| sqlx::Error::PoolClosed)??)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the ingest queue is full")]
+    Full,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 async fn gather(

@@ -42,41 +42,71 @@ use common::db::business::Statements;
 /// retries sooner than it would wait.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How hookd's connections to the database are made.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub schema: Schema,
+    pub max_connections: u32,
+    /// PostgreSQL's `statement_timeout` and `lock_timeout` for every session; zero is off.
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// For the command-line tools: no timeouts, since an operator's purge may take its time.
+    pub fn tool(schema: Schema, max_connections: u32) -> Self {
+        PoolSettings {
+            schema,
+            max_connections,
+            statement_timeout: Duration::ZERO,
+            lock_timeout: Duration::ZERO,
+        }
+    }
+}
+
 /// A pool for `database_url` whose connections find hookd's tables in `schema`. Connections
 /// are made lazily, so hookd starts (and answers 503) even while the database is down, and
 /// recovers by itself when it returns.
 pub fn pool(
     database_url: &secrecy::SecretString,
-    schema: &Schema,
-    max_connections: u32,
+    settings: &PoolSettings,
 ) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = database_url
         .expose_secret()
         .parse()
         .context("DATABASE_URL is invalid")?;
-    Ok(pool_with(options, schema, max_connections))
+    Ok(pool_with(options, settings))
 }
 
 /// A pool like [`pool`]'s with the connection options of `like`, for callers that already
 /// hold one (tests bring the pool of their private database).
-pub fn pool_like(like: &PgPool, schema: &Schema, max_connections: u32) -> PgPool {
-    pool_with((*like.connect_options()).clone(), schema, max_connections)
+pub fn pool_like(like: &PgPool, settings: &PoolSettings) -> PgPool {
+    pool_with((*like.connect_options()).clone(), settings)
 }
 
-fn pool_with(options: PgConnectOptions, schema: &Schema, max_connections: u32) -> PgPool {
+fn pool_with(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
     // The server probes every connection and gives up on data a peer does not acknowledge,
     // so the session of a host that vanished mid-batch ends within seconds and the row locks
-    // its transaction held go with it.
+    // its transaction held go with it. The statement and lock timeouts keep one stuck
+    // statement (or a lock someone else holds) from freezing ingest behind it.
     let options = options.application_name("hookd").options([
-        ("tcp_keepalives_idle", "5"),
-        ("tcp_keepalives_interval", "2"),
-        ("tcp_keepalives_count", "3"),
-        ("tcp_user_timeout", "10000"),
+        ("tcp_keepalives_idle", "5".to_owned()),
+        ("tcp_keepalives_interval", "2".to_owned()),
+        ("tcp_keepalives_count", "3".to_owned()),
+        ("tcp_user_timeout", "10000".to_owned()),
+        (
+            "statement_timeout",
+            settings.statement_timeout.as_millis().to_string(),
+        ),
+        (
+            "lock_timeout",
+            settings.lock_timeout.as_millis().to_string(),
+        ),
     ]);
     PgPoolOptions::new()
-        .max_connections(max_connections)
+        .max_connections(settings.max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(schema::connect_options(options, schema))
+        .connect_lazy_with(schema::connect_options(options, &settings.schema))
 }
 
 /// Applies the schema, after checking that the application's tables fit hookd's handlers.
@@ -204,11 +234,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = pool(
-        &config.database_url,
-        &config.schema,
-        config.db_max_connections,
-    )?;
+    let pool = pool(&config.database_url, &config.pool_settings())?;
     run_with_pool(config, pool, listener, shutdown).await
 }
 
@@ -275,7 +301,7 @@ pub async fn run_with_pool(
         stopping.cancelled().await;
         systemd::stopping();
     });
-    http::serve(listener, app, shutdown.clone()).await;
+    http::serve(listener, app, config.max_connections, shutdown.clone()).await;
 
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
         while tasks.join_next().await.is_some() {}

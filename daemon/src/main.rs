@@ -41,7 +41,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let schema = config::schema(&sources)?;
-            let pool = hookd::pool(&config::database_url(&sources)?, &schema, 1)?;
+            let settings = hookd::PoolSettings::tool(schema.clone(), 1);
+            let pool = hookd::pool(&config::database_url(&sources)?, &settings)?;
             hookd::migrate(&pool, &schema).await?;
             println!("migrations applied");
             Ok(())
@@ -52,7 +53,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq(command) => {
             let schema = config::schema(&sources)?;
-            let pool = hookd::pool(&config::database_url(&sources)?, &schema, 2)?;
+            let settings = hookd::PoolSettings::tool(schema.clone(), 2);
+            let pool = hookd::pool(&config::database_url(&sources)?, &settings)?;
             println!("{}", hookd::cli::dlq(&pool, command).await?);
             Ok(())
         }

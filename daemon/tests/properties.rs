@@ -462,6 +462,7 @@ fn signed_arbitrary_payloads_get_200_or_400_over_real_http() {
         tokio::spawn(hookd::http::serve(
             listener,
             hookd::app(state),
+            config.max_connections,
             shutdown.clone(),
         ));
         addr

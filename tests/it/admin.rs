@@ -3,7 +3,7 @@
 use common::{MIGRATOR, Source};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -324,6 +324,7 @@ async fn analytics_and_health_report_what_the_database_holds(pool: PgPool) {
     tokio::spawn(hookd::http::serve(
         listener,
         hookd::app(state),
+        64,
         Default::default(),
     ));
     let response = reqwest::Client::new()
@@ -407,92 +408,6 @@ async fn metrics_move_with_real_deliveries(pool: PgPool) {
         2.0
     );
     assert_eq!(metric(&text, "hookd_queue_depth"), 0.0);
-    hookd.stop().await;
-}
-
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_burst_over_the_limit_gets_429_while_other_clients_pass(pool: PgPool) {
-    let hookd = admin_hookd(
-        &pool,
-        &[("HOOKD_RATE_LIMIT", "1"), ("HOOKD_RATE_BURST", "5")],
-    )
-    .await;
-    let body = custom_event("x.y");
-    // Sent at once, so the limiter sees all of them before its next token (1 s) is due,
-    // however slow the machine is at storing the admitted ones.
-    let started = Instant::now();
-    let burst = futures::future::join_all((0..8).map(|i| {
-        let mut request = hookd.client.post(hookd.url(CUSTOM_PATH)).body(body.clone());
-        for (name, value) in custom_headers(&format!("burst-{i}"), &body, now()) {
-            request = request.header(name, value);
-        }
-        request.send()
-    }))
-    .await;
-    // The limiter comes before verification: an unsigned request is not even checked.
-    let unsigned = hookd
-        .client
-        .post(hookd.url(CUSTOM_PATH))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    let burst: Vec<_> = burst.into_iter().map(Result::unwrap).collect();
-    let admitted = burst.iter().filter(|r| r.status() == 200).count();
-    let limited: Vec<_> = burst.iter().filter(|r| r.status() == 429).collect();
-    assert_eq!(admitted + limited.len(), 8, "only 200 or 429");
-    let rate_limited = limited.len() + usize::from(unsigned.status() == 429);
-    if took < Duration::from_millis(900) {
-        assert_eq!(
-            (admitted, limited.len()),
-            (5, 3),
-            "the burst of 5 passes, no more"
-        );
-        assert_eq!(unsigned.status().as_u16(), 429);
-    } else {
-        // A token a second refilled meanwhile.
-        assert!(
-            (5..=5 + took.as_secs() as usize).contains(&admitted),
-            "{admitted} in {took:?}"
-        );
-    }
-    for response in limited.iter().copied().chain([&unsigned]) {
-        if response.status() == 429 {
-            let retry_after: u64 = response.headers()["retry-after"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert!((1..=2).contains(&retry_after), "{retry_after}");
-        }
-    }
-
-    // Another client address (127.0.0.2 is loopback too) is not affected.
-    let other = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
-    let mut request = other.post(hookd.url(CUSTOM_PATH)).body(body.clone());
-    for (name, value) in custom_headers("other-1", &body, now()) {
-        request = request.header(name, value);
-    }
-    assert_eq!(request.send().await.unwrap().status().as_u16(), 200);
-    // The admin API is not rate limited.
-    assert_eq!(
-        call(&hookd, "GET", "/api/webhooks/analytics", Some(TOKEN), None)
-            .await
-            .0,
-        200
-    );
-    let (_, text) = call(&hookd, "GET", "/metrics", Some(TOKEN), None).await;
-    assert_eq!(
-        metric(
-            text.as_str().unwrap(),
-            "hookd_webhooks_rejected_total{source=\"custom\",reason=\"rate_limited\"}"
-        ),
-        rate_limited as f64
-    );
     hookd.stop().await;
 }
 

@@ -47,7 +47,10 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
 
 /// A pool of its own on the test's database, as hookd would open it.
 pub fn pool_like(pool: &PgPool, max: u32) -> PgPool {
-    hookd::pool_like(pool, &hookd::Schema::default(), max)
+    hookd::pool_like(
+        pool,
+        &hookd::PoolSettings::tool(hookd::Schema::default(), max),
+    )
 }
 
 pub struct Hookd {
@@ -60,7 +63,7 @@ pub struct Hookd {
 impl Hookd {
     /// Starts hookd in-process on 127.0.0.1:0 with its own pool on the test database.
     pub async fn start(pool: &PgPool, config: Config) -> Hookd {
-        let own_pool = pool_like(pool, config.db_max_connections);
+        let own_pool = hookd::pool_like(pool, &config.pool_settings());
         Self::start_with_pool(own_pool, config).await
     }
 

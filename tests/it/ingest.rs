@@ -523,7 +523,7 @@ async fn an_unreachable_database_answers_503() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = hookd::app(state);
-    tokio::spawn(hookd::http::serve(listener, app, Default::default()));
+    tokio::spawn(hookd::http::serve(listener, app, 64, Default::default()));
     // Concurrent deliveries share failed batches: every one of them must fail.
     let client = reqwest::Client::new();
     let replies = futures::future::join_all((0..20).map(|i| {

@@ -4,6 +4,7 @@
 mod admin;
 mod badinput;
 mod dlq;
+mod edge;
 mod faults;
 mod forward;
 mod harness;

@@ -41,7 +41,7 @@ struct Hookd {
 impl Hookd {
     async fn start(pool: &PgPool) -> Hookd {
         let config = config();
-        let own_pool = hookd::pool_like(pool, &config.schema, config.db_max_connections);
+        let own_pool = hookd::pool_like(pool, &config.pool_settings());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

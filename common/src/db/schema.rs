@@ -462,15 +462,27 @@ fn fit(
 /// application's tables hold. Safe to run from several hookd processes at once.
 pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<AppTables, SchemaError> {
     let mut conn = pool.acquire().await?;
-    // Two hookd processes starting together take turns, for the whole of it: the second must
-    // see where the first left the history.
-    sqlx::query("SELECT pg_advisory_lock(hashtext('hookd schema'))")
-        .execute(&mut *conn)
-        .await?;
+    // Migrations wait for their locks and take the time they need, whatever the pool's
+    // sessions are limited to. Two hookd processes starting together take turns, for the
+    // whole of it: the second must see where the first left the history.
+    for sql in [
+        "SET statement_timeout = 0",
+        "SET lock_timeout = 0",
+        "SELECT pg_advisory_lock(hashtext('hookd schema'))",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await?;
+    }
     let result = migrate_locked(&mut conn, schema).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext('hookd schema'))")
-        .execute(&mut *conn)
-        .await;
+    let mut unlocked = Ok(());
+    for sql in [
+        "SELECT pg_advisory_unlock(hashtext('hookd schema'))",
+        "RESET statement_timeout",
+        "RESET lock_timeout",
+    ] {
+        if let Err(e) = sqlx::query(sql).execute(&mut *conn).await {
+            unlocked = Err(e);
+        }
+    }
     let tables = result?;
     unlocked?;
     Ok(tables)

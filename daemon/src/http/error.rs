@@ -26,6 +26,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("rate limit exceeded, retry in {0} s")]
     TooManyRequests(u64),
+    /// hookd is at one of its caps (bodies in memory, requests in progress, the ingest queue,
+    /// the request deadline): the sender should retry shortly.
+    #[error("{0}; retry later")]
+    Busy(&'static str),
     /// The database failed: an event could not be stored durably (the sender should retry),
     /// or an operator's request could not be served.
     #[error("database unavailable")]
@@ -43,7 +47,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -65,6 +69,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::TooManyRequests(secs) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
             }
             _ => {}
         }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod body;
+mod client;
 mod error;
 mod rate_limit;
 mod server;
@@ -18,9 +19,10 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 
 pub use error::ApiError;
-pub use rate_limit::RateLimit;
 pub use server::serve;
 
+use axum::http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -46,8 +48,8 @@ struct Inner {
     telnyx_public_key: Option<telnyx::PublicKey>,
     custom_secret: Option<standard::Secret>,
     admin_token: Option<SecretString>,
-    body_limit: usize,
-    rate_limit: Option<RateLimit>,
+    budget: body::Budget,
+    limits: rate_limit::Limits,
     metrics: Arc<Metrics>,
     heartbeat: Option<Heartbeat>,
 }
@@ -75,10 +77,8 @@ impl AppState {
                 telnyx_public_key: config.telnyx_public_key.clone(),
                 custom_secret: config.custom_secret.clone(),
                 admin_token: config.admin_token.clone(),
-                body_limit: config.body_limit,
-                rate_limit: config
-                    .rate_limit
-                    .map(|per_second| RateLimit::new(per_second, config.rate_burst)),
+                budget: body::Budget::new(config),
+                limits: rate_limit::Limits::new(config),
                 metrics,
                 heartbeat,
             }),
@@ -99,8 +99,17 @@ impl AppState {
     }
 }
 
+/// The source a webhook path names, for metrics of requests refused before their route ran.
+fn source_of(path: &str) -> Option<common::Source> {
+    path.strip_prefix("/api/")?
+        .strip_suffix("/webhook")?
+        .parse()
+        .ok()
+}
+
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.inner.body_limit;
+    let body_limit = state.inner.budget.limit;
+    let deadline = state.inner.budget.deadline;
     let webhooks = Router::new()
         .route("/api/stripe/webhook", post(webhooks::stripe))
         .route("/api/telnyx/webhook", post(webhooks::telnyx))
@@ -109,10 +118,6 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             body::read_whole,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
         ));
     let admin = Router::new()
         .route(
@@ -128,14 +133,18 @@ pub fn app(state: AppState) -> Router {
             admin::require_token,
         ))
         // Admin requests are small JSON documents.
-        .layer(DefaultBodyLimit::max(64 * 1024));
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            deadline,
+        ));
     // Webhook routes log one line per delivery themselves (accepted, rejected, rate limited,
     // unavailable) with the event's id; a generic line and span for each would only double
     // the cost of logging on the hot path.
     Router::new()
         .merge(admin)
         .route("/api/webhooks/health", get(admin::health))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(|| async { rate_limit::unverified(ApiError::NotFound("no such route".into())) })
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
@@ -143,5 +152,9 @@ pub fn app(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .merge(webhooks)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         .with_state(state)
 }

@@ -8,13 +8,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use common::db::events::{self, Inserted, NewEvent};
 use common::{EventType, ProviderEventId, Source};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::rate_limit::unverified;
 use super::{ApiError, AppState};
+use crate::ingest::IngestError;
 use crate::verify::{VerifyError, standard, stripe, telnyx};
 
 #[derive(Debug, Serialize)]
@@ -24,7 +28,25 @@ pub struct Ack {
     duplicate: bool,
 }
 
-type Reply = Result<Json<Ack>, ApiError>;
+/// Why a delivery was refused, and whether it failed before it proved itself (those are
+/// charged to the client's failure budget; a verified sender's mistakes are not).
+#[derive(Debug)]
+pub struct Refusal {
+    error: ApiError,
+    unverified: bool,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        if self.unverified {
+            unverified(self.error)
+        } else {
+            self.error.into_response()
+        }
+    }
+}
+
+type Reply = Result<Json<Ack>, Refusal>;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -39,6 +61,7 @@ struct Delivery<'a> {
     state: &'a AppState,
     source: Source,
     started: Instant,
+    verified: AtomicBool,
 }
 
 impl<'a> Delivery<'a> {
@@ -47,28 +70,35 @@ impl<'a> Delivery<'a> {
             state,
             source,
             started: Instant::now(),
+            verified: AtomicBool::new(false),
         }
     }
 
-    fn reject(&self, reason: &'static str, error: ApiError) -> ApiError {
+    fn reject(&self, reason: &'static str, error: ApiError) -> Refusal {
         self.state.metrics().rejected(self.source, reason);
         if !matches!(error, ApiError::Unavailable(_)) {
             tracing::info!(source = %self.source, reason, error = %error, "webhook rejected");
         }
-        error
+        Refusal {
+            error,
+            unverified: !self.verified.load(Ordering::Relaxed),
+        }
     }
 
-    fn enabled<T>(&self, setting: Option<T>) -> Result<T, ApiError> {
+    fn enabled<T>(&self, setting: Option<T>) -> Result<T, Refusal> {
         setting.ok_or_else(|| {
             let message = format!("{} webhooks are not configured on this server", self.source);
             self.reject("disabled", ApiError::NotFound(message))
         })
     }
 
-    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refusal> {
         body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                self.reject("too_large", ApiError::TooLarge(self.state.inner.body_limit))
+                self.reject(
+                    "too_large",
+                    ApiError::TooLarge(self.state.inner.budget.limit),
+                )
             } else {
                 let message = format!("cannot read body: {}", rejection.body_text());
                 self.reject("body", ApiError::BadRequest(message))
@@ -76,7 +106,7 @@ impl<'a> Delivery<'a> {
         })
     }
 
-    fn verified(&self, result: Result<(), VerifyError>) -> Result<(), ApiError> {
+    fn verified(&self, result: Result<(), VerifyError>) -> Result<(), Refusal> {
         result.map_err(|e| {
             let reason = match e {
                 VerifyError::StaleTimestamp => "timestamp",
@@ -84,27 +114,40 @@ impl<'a> Delivery<'a> {
                 _ => "signature",
             };
             self.reject(reason, ApiError::BadRequest(e.to_string()))
-        })
-    }
-
-    fn bad_body(&self, message: String) -> ApiError {
-        self.reject("body", ApiError::BadRequest(message))
-    }
-
-    /// Parses a verified body; it must be a JSON object.
-    fn parse(&self, body: &[u8]) -> Result<Value, ApiError> {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value @ Value::Object(_)) => Ok(value),
-            Ok(_) => Err(self.bad_body("body is not a JSON object".into())),
-            Err(e) => Err(self.bad_body(format!("body is not valid JSON: {e}"))),
+        })?;
+        self.verified.store(true, Ordering::Relaxed);
+        // The operator's ceiling, if any, applies to verified deliveries of the source.
+        match self.state.inner.limits.source_over(self.source) {
+            Some(wait) => Err(self.reject("source_limit", ApiError::TooManyRequests(wait))),
+            None => Ok(()),
         }
     }
 
-    fn field<'v>(&self, payload: &'v Value, pointer: &str) -> Result<&'v str, ApiError> {
-        payload
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.bad_body(format!("payload has no string at {pointer}")))
+    fn bad_body(&self, message: String) -> Refusal {
+        self.reject("body", ApiError::BadRequest(message))
+    }
+
+    /// The strings at `pointers` of a verified body, which must be a JSON object. The parsed
+    /// tree is dropped before the event is stored: only the body itself waits for the commit.
+    fn fields<const N: usize>(
+        &self,
+        body: &[u8],
+        pointers: [&str; N],
+    ) -> Result<[String; N], Refusal> {
+        let payload = match serde_json::from_slice::<Value>(body) {
+            Ok(value @ Value::Object(_)) => value,
+            Ok(_) => return Err(self.bad_body("body is not a JSON object".into())),
+            Err(e) => return Err(self.bad_body(format!("body is not valid JSON: {e}"))),
+        };
+        let mut fields = [const { String::new() }; N];
+        for (field, pointer) in fields.iter_mut().zip(pointers) {
+            *field = payload
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .ok_or_else(|| self.bad_body(format!("payload has no string at {pointer}")))?
+                .to_owned();
+        }
+        Ok(fields)
     }
 
     async fn store(&self, event_id: &str, event_type: &str, body: Bytes) -> Reply {
@@ -116,13 +159,18 @@ impl<'a> Delivery<'a> {
         };
         let inserted = match self.state.inner.ingest.insert(event).await {
             Ok(inserted) => inserted,
-            Err(e) if events::is_payload_rejected(&e) => {
+            Err(IngestError::Full) => {
+                return Err(self.reject("busy", ApiError::Busy("the ingest queue is full")));
+            }
+            Err(IngestError::Database(e)) if events::is_payload_rejected(&e) => {
                 let detail = e
                     .as_database_error()
                     .map_or_else(|| e.to_string(), |d| d.message().to_owned());
                 return Err(self.bad_body(format!("payload cannot be stored: {detail}")));
             }
-            Err(e) => return Err(self.reject("unavailable", ApiError::Unavailable(e))),
+            Err(IngestError::Database(e)) => {
+                return Err(self.reject("unavailable", ApiError::Unavailable(e)));
+            }
         };
         let duplicate = inserted == Inserted::Duplicate;
         let metrics = self.state.metrics();
@@ -158,10 +206,8 @@ pub async fn stripe(
         &body,
         now(),
     ))?;
-    let payload = delivery.parse(&body)?;
-    let id = delivery.field(&payload, "/id")?;
-    let kind = delivery.field(&payload, "/type")?;
-    delivery.store(id, kind, body).await
+    let [id, kind] = delivery.fields(&body, ["/id", "/type"])?;
+    delivery.store(&id, &kind, body).await
 }
 
 pub async fn telnyx(
@@ -179,10 +225,8 @@ pub async fn telnyx(
         &body,
         now(),
     ))?;
-    let payload = delivery.parse(&body)?;
-    let id = delivery.field(&payload, "/data/id")?;
-    let kind = delivery.field(&payload, "/data/event_type")?;
-    delivery.store(id, kind, body).await
+    let [id, kind] = delivery.fields(&body, ["/data/id", "/data/event_type"])?;
+    delivery.store(&id, &kind, body).await
 }
 
 pub async fn custom(
@@ -202,8 +246,7 @@ pub async fn custom(
         &body,
         now(),
     ))?;
-    let payload = delivery.parse(&body)?;
-    let kind = delivery.field(&payload, "/type")?;
+    let [kind] = delivery.fields(&body, ["/type"])?;
     // Verification succeeded, so the id header is present.
-    delivery.store(id.unwrap_or_default(), kind, body).await
+    delivery.store(id.unwrap_or_default(), &kind, body).await
 }
