@@ -1005,7 +1005,9 @@ async fn soak_terminated_connections(pool: PgPool) {
 /// business row every event refers to: the workers' transactions block in the audit insert's
 /// foreign-key check and hold their connections for seconds, longer than their leases. Ingest
 /// finds no connection: it must answer 503, never 2xx without a row. After the lock goes,
-/// everything drains, once.
+/// everything drains, once. The sessions' lock timeout is turned off here: with it (2 s by
+/// default) the blocked statements give up and hand their connections back, and the pool
+/// never stays dry long enough to be the scenario.
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_exhausted_pool_answers_503_and_recovers(pool: PgPool) {
     let url = database_url(&pool);
@@ -1018,6 +1020,8 @@ async fn an_exhausted_pool_answers_503_and_recovers(pool: PgPool) {
             ("HOOKD_DB_MAX_CONNECTIONS", "3"),
             ("HOOKD_WORKERS", "2"),
             ("HOOKD_BATCH_SIZE", "20"),
+            ("HOOKD_LOCK_TIMEOUT_MS", "0"),
+            ("HOOKD_STATEMENT_TIMEOUT_MS", "0"),
         ],
     )
     .ready()
