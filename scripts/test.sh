@@ -74,9 +74,11 @@ if [[ ${HOOKD_TEST_SKIP_LINT:-} != 1 ]]; then
     done
 fi
 # The end-to-end tests drive real tools: tmux (hooktop in a real terminal), a D-Bus session
-# bus (desktop notifications) and systemd-analyze (the unit files). Install what is missing.
+# bus (desktop notifications), systemd-analyze (the unit files) and promtool (the dashboard
+# and alert rules: Debian's prometheus, which also starts a Prometheus server on machines
+# that let packages start services). Install what is missing.
 missing=()
-for tool in tmux:tmux dbus-daemon:dbus systemd-analyze:systemd; do
+for tool in tmux:tmux dbus-daemon:dbus systemd-analyze:systemd promtool:prometheus; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

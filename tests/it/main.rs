@@ -3,6 +3,7 @@
 
 mod admin;
 mod badinput;
+mod dashboards;
 mod dlq;
 mod edge;
 mod faults;
