@@ -6,25 +6,61 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Who sent a webhook; each source has its own route, signature scheme and handlers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Stripe,
-    Telnyx,
-    Custom,
-}
+/// Who sent a webhook: a provider's name (`stripe`, `github`, or one an operator declared),
+/// which is also the `{source}` of its route. Names are interned, so a `Source` is a copyable
+/// `&'static str` and a name parses only once something registered it: the built-in providers
+/// and the operator's at start-up, or a row read back from the database.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source(&'static str);
 
+#[allow(non_upper_case_globals)]
 impl Source {
+    pub const Stripe: Source = Source("stripe");
+    pub const Telnyx: Source = Source("telnyx");
+    pub const Custom: Source = Source("custom");
+    /// The sources whose events have built-in handlers.
     pub const ALL: [Source; 3] = [Source::Stripe, Source::Telnyx, Source::Custom];
+    /// Longest name: it is a path segment, a metric label and a column value.
+    pub const MAX_LEN: usize = 32;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Stripe => "stripe",
-            Source::Telnyx => "telnyx",
-            Source::Custom => "custom",
-        }
+        self.0
     }
+
+    /// Makes `name` a known source (lower-case ASCII letters, digits and `_`, starting with a
+    /// letter, at most [`Source::MAX_LEN`]), so it parses from now on.
+    pub fn register(name: &str) -> Result<Source, BadSourceName> {
+        let valid = name.len() <= Self::MAX_LEN
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(BadSourceName(name.to_owned()));
+        }
+        let mut names = names();
+        if let Some(known) = names.get(name) {
+            return Ok(Source(known));
+        }
+        // Leaked once per distinct name, and names come only from the configuration and from
+        // rows hookd itself wrote.
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.insert(name);
+        Ok(Source(name))
+    }
+
+    /// Every known source, in name order.
+    pub fn known() -> Vec<Source> {
+        names().iter().map(|name| Source(name)).collect()
+    }
+}
+
+fn names() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<&'static str>> {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::BTreeSet<&'static str>>> =
+        std::sync::LazyLock::new(|| {
+            std::sync::Mutex::new(Source::ALL.iter().map(|s| s.as_str()).collect())
+        });
+    NAMES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl fmt::Display for Source {
@@ -33,20 +69,53 @@ impl fmt::Display for Source {
     }
 }
 
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Source {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Source::register(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown source {0:?}: expected stripe, telnyx or custom")]
+#[error("unknown source {:?}: expected {}", .0, expected())]
 pub struct UnknownSource(String);
+
+fn expected() -> String {
+    let known: Vec<&str> = names().iter().copied().collect();
+    match known.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => known.join(""),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid source name {0:?}: lower-case letters, digits and _, starting with a letter, at most 32"
+)]
+pub struct BadSourceName(String);
 
 impl FromStr for Source {
     type Err = UnknownSource;
 
+    /// A known source, in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "stripe" => Ok(Source::Stripe),
-            "telnyx" => Ok(Source::Telnyx),
-            "custom" => Ok(Source::Custom),
-            _ => Err(UnknownSource(s.to_owned())),
-        }
+        let lower = s.to_ascii_lowercase();
+        names()
+            .get(lower.as_str())
+            .map(|name| Source(name))
+            .ok_or_else(|| UnknownSource(s.to_owned()))
     }
 }
 

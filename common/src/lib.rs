@@ -5,8 +5,8 @@ pub mod db;
 mod domain;
 
 pub use domain::{
-    EventType, IdentifierError, MAX_IDENTIFIER_LEN, ProviderEventId, Source, State, UnknownSource,
-    UnknownState,
+    BadSourceName, EventType, IdentifierError, MAX_IDENTIFIER_LEN, ProviderEventId, Source, State,
+    UnknownSource, UnknownState,
 };
 
 /// The schema, embedded: `hookd migrate` and `#[sqlx::test(migrator = "common::MIGRATOR")]`

@@ -146,9 +146,10 @@ pub struct Lease {
 pub struct SourceColumn(pub Source);
 
 impl TryFrom<String> for SourceColumn {
-    type Error = crate::UnknownSource;
+    type Error = crate::BadSourceName;
+    /// Whatever source hookd stored is one, known to this process or not yet.
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse().map(SourceColumn)
+        crate::Source::register(&s).map(SourceColumn)
     }
 }
 
