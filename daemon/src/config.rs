@@ -11,7 +11,7 @@ use common::Source;
 use common::db::schema::Schema;
 use secrecy::SecretString;
 
-use crate::verify::{standard, telnyx};
+use crate::verify::standard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,7 +27,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         name: name.to_owned(),
         reason: reason.into(),
@@ -40,12 +40,6 @@ fn trimmed(value: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Characters after `whsec_` in the shortest Stripe endpoint secret. Stripe's documentation
-/// shows only `whsec_...` and states no length; the secrets it issues carry 32 characters
-/// after the prefix (the dashboard's) or more (`stripe listen` prints 64 hex digits), so a
-/// shorter one is a truncated paste or a made-up value that Stripe will never sign with.
-const STRIPE_SECRET_MIN_CHARS: usize = 32;
-
 /// The Standard Webhooks specification asks for keys of 24 to 64 bytes.
 const STANDARD_KEY_MIN_BYTES: usize = 24;
 
@@ -54,7 +48,10 @@ const STANDARD_KEY_MIN_BYTES: usize = 24;
 const ADMIN_TOKEN_MIN_BYTES: usize = 32;
 
 /// A Standard Webhooks secret, refused when its key is too short to be worth verifying with.
-fn standard_secret(sources: &Sources, name: &str) -> Result<Option<standard::Secret>, ConfigError> {
+pub(crate) fn standard_secret(
+    sources: &Sources,
+    name: &str,
+) -> Result<Option<standard::Secret>, ConfigError> {
     let Some(text) = sources.secret(name)? else {
         return Ok(None);
     };
@@ -77,9 +74,8 @@ pub struct Config {
     pub database_url: SecretString,
     pub schema: Schema,
     pub listen: SocketAddr,
-    pub stripe_secret: Option<SecretString>,
-    pub telnyx_public_key: Option<telnyx::PublicKey>,
-    pub custom_secret: Option<standard::Secret>,
+    /// The webhook sources this hookd receives, and the ones it knows but has no settings for.
+    pub providers: crate::providers::Registry,
     pub admin_token: Option<SecretString>,
     pub forward_urls: HashMap<Source, reqwest::Url>,
     /// Signs forwarded events (Standard Webhooks); required when any forward URL is set.
@@ -154,6 +150,21 @@ impl Sources {
         name.strip_prefix("HOOKD_")
             .unwrap_or(name)
             .to_ascii_lowercase()
+    }
+
+    /// The tables under `[key]` of the TOML file (`[sources.acme]` for `sources`), by name.
+    pub fn tables(&self, key: &str) -> Result<Vec<(String, toml::Table)>, ConfigError> {
+        match self.file.get(key) {
+            None => Ok(Vec::new()),
+            Some(toml::Value::Table(tables)) => tables
+                .iter()
+                .map(|(name, value)| match value {
+                    toml::Value::Table(table) => Ok((name.clone(), table.clone())),
+                    _ => Err(invalid(&format!("{key}.{name}"), "expected a table")),
+                })
+                .collect(),
+            Some(_) => Err(invalid(key, "expected tables such as [sources.acme]")),
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<Option<String>, ConfigError> {
@@ -304,44 +315,11 @@ impl Config {
             SocketAddr::from(([127, 0, 0, 1], 8080)),
             "an address such as 127.0.0.1:8080",
         )?;
-        let stripe_secret = sources.secret("STRIPE_WEBHOOK_SECRET")?;
-        if let Some(secret) = &stripe_secret {
-            let Some(rest) = secret.strip_prefix("whsec_") else {
-                return Err(invalid(
-                    "STRIPE_WEBHOOK_SECRET",
-                    "expected a secret starting with whsec_",
-                ));
-            };
-            if rest.is_empty() {
-                return Err(invalid(
-                    "STRIPE_WEBHOOK_SECRET",
-                    "the secret is only the whsec_ prefix; copy the endpoint's whole signing secret",
-                ));
-            }
-            if rest.chars().count() < STRIPE_SECRET_MIN_CHARS {
-                return Err(invalid(
-                    "STRIPE_WEBHOOK_SECRET",
-                    format!(
-                        "shorter than Stripe's endpoint secrets (whsec_ and at least \
-                         {STRIPE_SECRET_MIN_CHARS} characters); copy the endpoint's whole \
-                         signing secret"
-                    ),
-                ));
-            }
-        }
-        let telnyx_public_key = sources
-            .secret("TELNYX_PUBLIC_KEY")?
-            .map(|k| {
-                k.trim()
-                    .parse()
-                    .map_err(|e: String| invalid("TELNYX_PUBLIC_KEY", e))
-            })
-            .transpose()?;
-        let custom_secret = standard_secret(sources, "CUSTOM_WEBHOOK_SECRET")?;
+        let providers = crate::providers::Registry::load(sources)?;
         let forward_https_only =
             sources.parsed("HOOKD_FORWARD_HTTPS_ONLY", false, "true or false")?;
         let mut forward_urls = HashMap::new();
-        for source in Source::ALL {
+        for &source in providers.known() {
             let name = format!("HOOKD_FORWARD_URL_{}", source.as_str().to_ascii_uppercase());
             if let Some(raw) = sources.get(&name)? {
                 let url = reqwest::Url::parse(raw.trim())
@@ -407,9 +385,7 @@ impl Config {
             database_url: database_url(sources)?,
             schema: schema(sources)?,
             listen,
-            stripe_secret: stripe_secret.map(SecretString::from),
-            telnyx_public_key,
-            custom_secret,
+            providers,
             admin_token: admin_token.map(SecretString::from),
             forward_urls,
             forward_secret,
@@ -469,6 +445,37 @@ mod tests {
 
     const DB: (&str, &str) = ("DATABASE_URL", "postgres://hookd:pw@localhost/hookd");
 
+    /// What the configured provider of `source` signs `{}` with at time 0.
+    fn signature(config: &Config, source: Source, header: &str) -> String {
+        let event = crate::providers::Outgoing {
+            key: "msg_1".into(),
+            event_type: "x.y".into(),
+            body: b"{}".to_vec(),
+        };
+        let signed = config
+            .providers
+            .get(source)
+            .unwrap()
+            .sign(&event, 0)
+            .unwrap();
+        signed
+            .into_iter()
+            .find(|(name, _)| name == header)
+            .unwrap()
+            .1
+    }
+
+    fn stripe_secret_is(config: &Config, secret: &str) -> bool {
+        signature(config, Source::Stripe, crate::verify::stripe::HEADER)
+            == crate::verify::stripe::sign(secret.as_bytes(), 0, b"{}")
+    }
+
+    fn custom_secret_is(config: &Config, whsec: &str) -> bool {
+        let secret: standard::Secret = whsec.parse().unwrap();
+        signature(config, Source::Custom, standard::SIGNATURE_HEADER)
+            == standard::sign(&secret, "msg_1", 0, b"{}")
+    }
+
     #[test]
     fn defaults_need_only_the_database() {
         let config = Config::load(&sources(&[DB])).unwrap();
@@ -476,7 +483,7 @@ mod tests {
         assert_eq!(config.max_attempts, 4);
         assert_eq!(config.retry_base, Duration::from_secs(1));
         assert_eq!(config.body_limit, 1 << 20);
-        assert!(config.stripe_secret.is_none() && config.forward_urls.is_empty());
+        assert!(config.providers.get(Source::Stripe).is_none() && config.forward_urls.is_empty());
     }
 
     #[test]
@@ -653,10 +660,7 @@ mod tests {
             ),
         ]))
         .unwrap();
-        assert_eq!(
-            config.stripe_secret.as_ref().unwrap().expose_secret(),
-            STRIPE_FROM_CREDENTIAL
-        );
+        assert!(stripe_secret_is(&config, STRIPE_FROM_CREDENTIAL));
         assert_eq!(
             config.admin_token.as_ref().unwrap().expose_secret(),
             ADMIN_FROM_FILE
@@ -728,8 +732,8 @@ mod tests {
             ("HOOKD_ADMIN_TOKEN", admin),
         ]))
         .unwrap();
-        assert_eq!(config.stripe_secret.unwrap().expose_secret(), stripe);
-        assert_eq!(config.custom_secret.unwrap().key_len(), 24);
+        assert!(stripe_secret_is(&config, &stripe));
+        assert!(custom_secret_is(&config, &standard));
         assert_eq!(config.forward_secret.unwrap().key_len(), 24);
         assert_eq!(config.admin_token.unwrap().expose_secret(), admin);
     }
@@ -761,9 +765,9 @@ mod tests {
             ("CUSTOM_WEBHOOK_SECRET", &pasted),
         ]))
         .unwrap();
-        assert_eq!(config.stripe_secret.unwrap().expose_secret(), stripe);
+        assert!(stripe_secret_is(&config, stripe));
+        assert!(custom_secret_is(&config, &standard));
         assert_eq!(config.admin_token.unwrap().expose_secret(), admin);
-        assert_eq!(config.custom_secret.unwrap().to_whsec(), standard);
         assert_eq!(config.forward_secret.unwrap().to_whsec(), standard);
 
         // Only whitespace is as good as empty: unset, so the next place is looked at.
@@ -775,7 +779,7 @@ mod tests {
             ("HOOKD_FORWARD_SECRET", "  "),
         ]))
         .unwrap();
-        assert!(config.admin_token.is_none() && config.stripe_secret.is_none());
+        assert!(config.admin_token.is_none() && config.providers.get(Source::Stripe).is_none());
         assert_eq!(config.forward_secret.unwrap().to_whsec(), standard);
         std::fs::write(dir.join("admin"), " \n").unwrap();
         let config = Config::load(&sources(&[
@@ -803,8 +807,10 @@ mod tests {
             .collect();
         env.push(DB);
         let config = Config::load(&sources(&env)).unwrap();
-        assert!(config.stripe_secret.is_some() && config.telnyx_public_key.is_some());
-        assert!(config.custom_secret.is_some() && config.forward_secret.is_some());
+        for source in Source::ALL {
+            assert!(config.providers.get(source).is_some(), "{source}");
+        }
+        assert!(config.forward_secret.is_some());
         assert!(config.admin_token.is_some());
     }
 }

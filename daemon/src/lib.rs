@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod liveness;
 pub mod metrics;
+pub mod providers;
 pub mod reachability;
 pub mod send;
 pub mod systemd;

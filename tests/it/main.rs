@@ -13,6 +13,7 @@ mod ingest;
 mod netns;
 mod processes;
 mod processing;
+mod providers;
 mod runbook;
 mod systemd;
 mod upgrade;

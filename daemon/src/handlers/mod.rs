@@ -41,6 +41,8 @@ pub async fn apply(
         Source::Stripe => stripe::apply(conn, statements, event).await,
         Source::Telnyx => telnyx::apply(conn, statements, event).await,
         Source::Custom => custom::apply(conn, statements, event).await,
+        // A source without built-in handlers: stored, forwarded if a URL is set, else skipped.
+        _ => Ok(Outcome::Unhandled),
     }
 }
 
@@ -53,7 +55,6 @@ pub async fn apply(
 pub fn batch_order(event: &ClaimedEvent) -> (u8, Option<&str>) {
     let fields = Fields(&event.payload);
     match event.source() {
-        Source::Custom => (0, None),
         Source::Telnyx => (
             1,
             fields
@@ -66,6 +67,7 @@ pub fn batch_order(event: &ClaimedEvent) -> (u8, Option<&str>) {
                 .opt_str("/data/object/customer")
                 .or_else(|| fields.opt_str("/data/object/subscription")),
         ),
+        _ => (0, None),
     }
 }
 

@@ -74,7 +74,11 @@ pub async fn read_whole(State(state): State<AppState>, request: Request, next: N
     let started = Instant::now();
     let budget = &state.inner.budget;
     let limit = budget.limit;
-    let source = super::source_of(request.uri().path());
+    // Put there by `webhooks::resolve`, which runs first.
+    let source = request
+        .extensions()
+        .get::<Arc<dyn crate::providers::Provider>>()
+        .map(|provider| provider.source());
     let refuse = |reason, error: ApiError| {
         if let Some(source) = source {
             state.metrics().rejected(source, reason);

@@ -29,7 +29,6 @@ use tracing::Level;
 use crate::announce::Announcer;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::verify::{standard, telnyx};
 use crate::worker::Heartbeat;
 
 /// What every request handler can reach. Cheap to clone.
@@ -44,9 +43,7 @@ struct Inner {
     reachability: Arc<Reachability>,
     /// Stops the reachability monitor with the state.
     _monitor: tokio_util::sync::DropGuard,
-    stripe_secret: Option<SecretString>,
-    telnyx_public_key: Option<telnyx::PublicKey>,
-    custom_secret: Option<standard::Secret>,
+    providers: crate::providers::Registry,
     admin_token: Option<SecretString>,
     budget: body::Budget,
     limits: rate_limit::Limits,
@@ -73,9 +70,7 @@ impl AppState {
                 reachability,
                 _monitor: monitor.drop_guard(),
                 pool,
-                stripe_secret: config.stripe_secret.clone(),
-                telnyx_public_key: config.telnyx_public_key.clone(),
-                custom_secret: config.custom_secret.clone(),
+                providers: config.providers.clone(),
                 admin_token: config.admin_token.clone(),
                 budget: body::Budget::new(config),
                 limits: rate_limit::Limits::new(config),
@@ -111,13 +106,15 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.inner.budget.limit;
     let deadline = state.inner.budget.deadline;
     let webhooks = Router::new()
-        .route("/api/stripe/webhook", post(webhooks::stripe))
-        .route("/api/telnyx/webhook", post(webhooks::telnyx))
-        .route("/api/custom/webhook", post(webhooks::custom))
+        .route("/api/{source}/webhook", post(webhooks::receive))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             body::read_whole,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            webhooks::resolve,
         ));
     let admin = Router::new()
         .route(

@@ -1,17 +1,18 @@
-//! The three webhook routes: verify the raw bytes, pick out the idempotency key, store, answer.
-//! No business logic runs here; workers do that after the event is durable.
+//! The webhook route, `POST /api/{source}/webhook`, for every provider: verify the raw bytes,
+//! pick out the idempotency key and type, store, answer. No business logic runs here; workers
+//! do that after the event is durable.
 
 use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use common::db::events::{self, Inserted, NewEvent};
 use common::{EventType, ProviderEventId, Source};
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::rate_limit::unverified;
 use super::{ApiError, AppState};
 use crate::ingest::IngestError;
-use crate::verify::{VerifyError, standard, stripe, telnyx};
+use crate::providers::{Field, Provider};
+use crate::verify::VerifyError;
 
 #[derive(Debug, Serialize)]
 pub struct Ack {
@@ -47,10 +49,6 @@ impl IntoResponse for Refusal {
 }
 
 type Reply = Result<Json<Ack>, Refusal>;
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -85,11 +83,9 @@ impl<'a> Delivery<'a> {
         }
     }
 
-    fn enabled<T>(&self, setting: Option<T>) -> Result<T, Refusal> {
-        setting.ok_or_else(|| {
-            let message = format!("{} webhooks are not configured on this server", self.source);
-            self.reject("disabled", ApiError::NotFound(message))
-        })
+    fn not_configured(&self) -> Refusal {
+        let message = format!("{} webhooks are not configured on this server", self.source);
+        self.reject("disabled", ApiError::NotFound(message))
     }
 
     fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refusal> {
@@ -127,27 +123,36 @@ impl<'a> Delivery<'a> {
         self.reject("body", ApiError::BadRequest(message))
     }
 
-    /// The strings at `pointers` of a verified body, which must be a JSON object. The parsed
-    /// tree is dropped before the event is stored: only the body itself waits for the commit.
-    fn fields<const N: usize>(
+    /// The idempotency key and the type of a verified request; its body must be a JSON
+    /// object. The parsed tree is dropped before the event is stored: only the body itself
+    /// waits for the commit.
+    fn identify(
         &self,
+        (key, kind): (Field, Field),
+        headers: &HeaderMap,
         body: &[u8],
-        pointers: [&str; N],
-    ) -> Result<[String; N], Refusal> {
+    ) -> Result<(String, String), Refusal> {
         let payload = match serde_json::from_slice::<Value>(body) {
             Ok(value @ Value::Object(_)) => value,
             Ok(_) => return Err(self.bad_body("body is not a JSON object".into())),
             Err(e) => return Err(self.bad_body(format!("body is not valid JSON: {e}"))),
         };
-        let mut fields = [const { String::new() }; N];
-        for (field, pointer) in fields.iter_mut().zip(pointers) {
-            *field = payload
-                .pointer(pointer)
+        let read = |field: Field| match field {
+            Field::Pointer(pointer) => payload
+                .pointer(&pointer)
                 .and_then(Value::as_str)
-                .ok_or_else(|| self.bad_body(format!("payload has no string at {pointer}")))?
-                .to_owned();
-        }
-        Ok(fields)
+                .map(str::to_owned)
+                .ok_or_else(|| self.bad_body(format!("payload has no string at {pointer}"))),
+            Field::Header(names) => names
+                .iter()
+                .find_map(|name| crate::providers::header(headers, name))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    let name = names.first().copied().unwrap_or_default();
+                    self.bad_body(format!("missing {name} header"))
+                }),
+        };
+        Ok((read(key)?, read(kind)?))
     }
 
     async fn store(&self, event_id: &str, event_type: &str, body: Bytes) -> Reply {
@@ -192,61 +197,38 @@ impl<'a> Delivery<'a> {
     }
 }
 
-pub async fn stripe(
+/// Finds the route's provider before anything of the request is read: an unknown source is
+/// no route at all, a known one without settings is turned off.
+pub async fn resolve(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Reply {
-    let delivery = Delivery::new(&state, Source::Stripe);
-    let secret = delivery.enabled(state.inner.stripe_secret.as_ref())?;
-    let body = delivery.body(body)?;
-    delivery.verified(stripe::verify(
-        secret.expose_secret().as_bytes(),
-        header(&headers, stripe::HEADER),
-        &body,
-        now(),
-    ))?;
-    let [id, kind] = delivery.fields(&body, ["/id", "/type"])?;
-    delivery.store(&id, &kind, body).await
+    Path(name): Path<String>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Ok(source) = name.parse::<Source>() else {
+        return unverified(ApiError::NotFound("no such route".into()));
+    };
+    match state.inner.providers.get(source) {
+        Some(provider) => {
+            request.extensions_mut().insert(provider.clone());
+            next.run(request).await
+        }
+        None if state.inner.providers.known().contains(&source) => Delivery::new(&state, source)
+            .not_configured()
+            .into_response(),
+        None => unverified(ApiError::NotFound("no such route".into())),
+    }
 }
 
-pub async fn telnyx(
+pub async fn receive(
     State(state): State<AppState>,
+    axum::Extension(provider): axum::Extension<std::sync::Arc<dyn Provider>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let delivery = Delivery::new(&state, Source::Telnyx);
-    let key = delivery.enabled(state.inner.telnyx_public_key.as_ref())?;
+    let delivery = Delivery::new(&state, provider.source());
     let body = delivery.body(body)?;
-    delivery.verified(telnyx::verify(
-        key,
-        header(&headers, telnyx::SIGNATURE_HEADER),
-        header(&headers, telnyx::TIMESTAMP_HEADER),
-        &body,
-        now(),
-    ))?;
-    let [id, kind] = delivery.fields(&body, ["/data/id", "/data/event_type"])?;
-    delivery.store(&id, &kind, body).await
-}
-
-pub async fn custom(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Reply {
-    let delivery = Delivery::new(&state, Source::Custom);
-    let secret = delivery.enabled(state.inner.custom_secret.as_ref())?;
-    let body = delivery.body(body)?;
-    let id = header(&headers, standard::ID_HEADER);
-    delivery.verified(standard::verify(
-        secret,
-        id,
-        header(&headers, standard::TIMESTAMP_HEADER),
-        header(&headers, standard::SIGNATURE_HEADER),
-        &body,
-        now(),
-    ))?;
-    let [kind] = delivery.fields(&body, ["/type"])?;
-    // Verification succeeded, so the id header is present.
-    delivery.store(id.unwrap_or_default(), &kind, body).await
+    delivery.verified(provider.verify(&headers, &body, now()))?;
+    let (key, kind) = delivery.identify(provider.fields(), &headers, &body)?;
+    delivery.store(&key, &kind, body).await
 }
