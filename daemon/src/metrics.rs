@@ -28,6 +28,7 @@ pub struct Metrics {
     attempt_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
     ingest_seconds: Family<Labels<1>, Histogram, fn() -> Histogram>,
     queue_depth: Gauge,
+    oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
     retrying: Gauge,
     dead: Gauge,
 }
@@ -43,6 +44,7 @@ impl Default for Metrics {
             attempt_seconds: Family::new_with_constructor(latency_histogram),
             ingest_seconds: Family::new_with_constructor(latency_histogram),
             queue_depth: Gauge::default(),
+            oldest_pending: Gauge::default(),
             retrying: Gauge::default(),
             dead: Gauge::default(),
             registry: Registry::default(),
@@ -81,6 +83,11 @@ impl Default for Metrics {
             "queue_depth",
             "Events waiting or in progress",
             metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "oldest_pending_seconds",
+            "Age of the oldest event waiting to be processed (0 when none is)",
+            metrics.oldest_pending.clone(),
         );
         registry.register(
             "events_retrying",
@@ -145,6 +152,8 @@ impl Metrics {
     /// The exposition text, with the queue gauges as of `queue` (read at scrape time).
     pub fn render(&self, queue: &Queue) -> String {
         self.queue_depth.set(queue.depth());
+        self.oldest_pending
+            .set(queue.oldest_pending_secs.unwrap_or(0.0));
         self.retrying.set(queue.retrying);
         self.dead.set(queue.dead);
         let mut out = String::new();
@@ -170,7 +179,7 @@ mod tests {
             retrying: 1,
             processing: 1,
             dead: 5,
-            oldest_pending_secs: None,
+            oldest_pending_secs: Some(12.5),
         });
         for line in [
             "hookd_webhooks_received_total{source=\"stripe\",event_type=\"invoice.paid\"} 2",
@@ -179,6 +188,7 @@ mod tests {
             "hookd_attempt_duration_seconds_count{source=\"custom\"} 1",
             "hookd_queue_depth 4",
             "hookd_events_dead 5",
+            "hookd_oldest_pending_seconds 12.5",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
