@@ -153,6 +153,45 @@ async fn every_provider_accepts_its_own_signature_once_and_refuses_tampering(poo
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn every_provider_refuses_bad_bodies_and_limits_unsigned_floods(pool: PgPool) {
+    let config = every_provider(&[("HOOKD_RATE_LIMIT", "1"), ("HOOKD_RATE_BURST", "5")]);
+    let registry = config.providers.clone();
+    let hookd = Hookd::start(&pool, config).await;
+    for (n, provider) in registry.configured().enumerate() {
+        let source = provider.source();
+        // Correctly signed, but not a JSON object: refused with the reason, nothing stored.
+        for (body, reason) in [
+            ("[1, 2]", "not a JSON object"),
+            ("{\"id\": ", "not valid JSON"),
+        ] {
+            let mut event = sample(provider, 10 + n);
+            event.body = body.as_bytes().to_vec();
+            let signed = provider.sign(&event, now()).unwrap();
+            let (status, reply) = post(&hookd, source, &signed, event.body).await;
+            assert_eq!(status, 400, "{source} {body}: {reply}");
+            assert!(reply["error"].as_str().unwrap().contains(reason), "{reply}");
+        }
+        // Unsigned junk from one client of its own is barred after the burst.
+        let client = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 1, n as u8 + 1]))
+            .build()
+            .unwrap();
+        let url = hookd.url(&format!("/api/{source}/webhook"));
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            let status = client.post(&url).body("{}").send().await.unwrap().status();
+            statuses.push(status.as_u16());
+            if status == 429 {
+                break;
+            }
+        }
+        assert_eq!(statuses.last(), Some(&429), "{source}: {statuses:?}");
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_source_declared_in_toml_verifies_a_signature_computed_with_openssl(pool: PgPool) {
     let config = every_provider(&[(
         "HOOKD_ADMIN_TOKEN",
