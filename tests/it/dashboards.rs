@@ -26,7 +26,7 @@ const RULE_TESTS: &str = concat!(
 const TOKEN: &str = "dashboards-test-admin-token-0123456789";
 
 /// The panels operators were promised, each with a metric its queries must read.
-const PANELS: [(&str, &str); 8] = [
+const PANELS: [(&str, &str); 9] = [
     ("Ingest rate by source", "hookd_webhooks_received_total"),
     (
         "Ingest latency (p50, p99)",
@@ -34,7 +34,14 @@ const PANELS: [(&str, &str); 8] = [
     ),
     ("Processed by outcome", "hookd_events_processed_total"),
     ("Queue depth", "hookd_queue_depth"),
-    ("Backlog drain time (estimate)", "hookd_queue_depth"),
+    (
+        "Oldest pending event, and backlog drain time (estimate)",
+        "hookd_oldest_pending_seconds",
+    ),
+    (
+        "Oldest pending event, and backlog drain time (estimate)",
+        "hookd_queue_depth",
+    ),
     ("Dead events", "hookd_events_dead"),
     (
         "Attempt latency (p50, p99)",
