@@ -7,10 +7,9 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use common::Source;
-use hookd::verify::{standard, stripe, telnyx};
+use hookd::config::Sources;
+use hookd::providers::{Outgoing, Registry};
 
 /// The businesses the payloads refer to: `cus_loadgen_K`, `sub_loadgen_K` and phone
 /// `+1555030KKKK` for K in 0..count. `scripts/bench.sh` seeds the same ones for the drain.
@@ -31,11 +30,11 @@ pub const SEED_BUSINESSES_SQL: &str = "
     FROM generate_series(0, $1::int - 1) AS k
     ON CONFLICT DO NOTHING";
 
-/// The secrets, as hookd's environment names them (the Telnyx one is the private seed).
+/// The providers loadgen signs as, from the secrets as hookd's environment names them (the
+/// Telnyx one is the private seed): hookd's own providers sign, so loadgen sends exactly
+/// what they would.
 pub struct Keys {
-    pub stripe: Option<Vec<u8>>,
-    pub telnyx: Option<ed25519_dalek::SigningKey>,
-    pub custom: Option<standard::Secret>,
+    providers: Registry,
 }
 
 impl Keys {
@@ -44,40 +43,25 @@ impl Keys {
         telnyx_seed: Option<&str>,
         custom: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let stripe = stripe.map(|s| s.trim().as_bytes().to_vec());
-        let telnyx = telnyx_seed
-            .map(|seed| -> anyhow::Result<_> {
-                let bytes: [u8; 32] = BASE64
-                    .decode(seed.trim())
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .context("TELNYX_SIGNING_KEY must be a base64 32-byte Ed25519 seed")?;
-                Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
-            })
-            .transpose()?;
-        let custom = custom
-            .map(|s| {
-                s.trim()
-                    .parse::<standard::Secret>()
-                    .map_err(|e| anyhow::anyhow!("CUSTOM_WEBHOOK_SECRET is invalid: {e}"))
-            })
-            .transpose()?;
-        Ok(Keys {
-            stripe,
-            telnyx,
-            custom,
-        })
+        let env = [
+            ("STRIPE_WEBHOOK_SECRET", stripe),
+            ("TELNYX_SIGNING_KEY", telnyx_seed),
+            ("CUSTOM_WEBHOOK_SECRET", custom),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?.to_owned())))
+        .collect();
+        let providers = Registry::load(&Sources::new(env)?)?;
+        Ok(Keys { providers })
     }
 
     pub fn check(&self, sources: &[Source]) -> anyhow::Result<()> {
         for source in sources {
-            let missing = match *source {
-                Source::Stripe => self.stripe.is_none().then_some("STRIPE_WEBHOOK_SECRET"),
-                Source::Telnyx => self.telnyx.is_none().then_some("TELNYX_SIGNING_KEY"),
-                Source::Custom => self.custom.is_none().then_some("CUSTOM_WEBHOOK_SECRET"),
-                _ => unreachable!("parse_mix admits only the sources with payloads here"),
-            };
-            if let Some(name) = missing {
+            if self.providers.get(*source).is_none() {
+                let name = match *source {
+                    Source::Telnyx => "TELNYX_SIGNING_KEY".to_owned(),
+                    other => format!("{}_WEBHOOK_SECRET", other.as_str().to_ascii_uppercase()),
+                };
                 bail!("the mix sends {source} events but {name} is not set");
             }
         }
@@ -155,8 +139,8 @@ impl Ids {
 
 /// One request ready to send.
 pub struct Signed {
-    pub path: &'static str,
-    pub headers: Vec<(&'static str, String)>,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -167,10 +151,6 @@ pub struct Generator {
     /// Database ids of the businesses, by K, when known (custom events name one).
     pub business_ids: Vec<i64>,
 }
-
-const STRIPE_PATH: &str = "/api/stripe/webhook";
-const TELNYX_PATH: &str = "/api/telnyx/webhook";
-const CUSTOM_PATH: &str = "/api/custom/webhook";
 
 const CALL_STAGES: [&str; 3] = ["call.initiated", "call.answered", "call.hangup"];
 const CUSTOM_TYPES: [&str; 4] = [
@@ -205,42 +185,18 @@ impl Generator {
 
     /// Request `i`, signed at `now` as its provider would.
     pub fn request(&self, source: Source, i: u64, now: i64) -> Signed {
-        let (id, _, body) = self.body(source, i, now);
-        let body = body.into_bytes();
-        match source {
-            Source::Stripe => {
-                let key = self.keys.stripe.as_deref().expect("checked");
-                Signed {
-                    path: STRIPE_PATH,
-                    headers: vec![(stripe::HEADER, stripe::sign(key, now, &body))],
-                    body,
-                }
-            }
-            Source::Telnyx => {
-                let key = self.keys.telnyx.as_ref().expect("checked");
-                Signed {
-                    path: TELNYX_PATH,
-                    headers: vec![
-                        (telnyx::SIGNATURE_HEADER, telnyx::sign(key, now, &body)),
-                        (telnyx::TIMESTAMP_HEADER, now.to_string()),
-                    ],
-                    body,
-                }
-            }
-            Source::Custom => {
-                let secret = self.keys.custom.as_ref().expect("checked");
-                let signature = standard::sign(secret, &id, now, &body);
-                Signed {
-                    path: CUSTOM_PATH,
-                    headers: vec![
-                        (standard::ID_HEADER, id),
-                        (standard::TIMESTAMP_HEADER, now.to_string()),
-                        (standard::SIGNATURE_HEADER, signature),
-                    ],
-                    body,
-                }
-            }
-            _ => unreachable!("parse_mix admits only the sources with payloads here"),
+        let (key, event_type, body) = self.body(source, i, now);
+        let event = Outgoing {
+            key,
+            event_type: event_type.to_owned(),
+            body: body.into_bytes(),
+        };
+        let provider = self.keys.providers.get(source).expect("checked");
+        let headers = provider.sign(&event, now).expect("checked");
+        Signed {
+            path: format!("/api/{source}/webhook"),
+            headers,
+            body: event.body,
         }
     }
 }

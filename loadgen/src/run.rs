@@ -134,12 +134,12 @@ async fn send_one(
         return Outcome::Failed("connection_closed");
     }
     let signed = generator.request(source, i, chrono::Utc::now().timestamp());
-    let mut request = hyper::Request::post(signed.path)
+    let mut request = hyper::Request::post(signed.path.as_str())
         .header(hyper::header::HOST, plan.host.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, "hookd-loadgen");
     for (name, value) in &signed.headers {
-        request = request.header(*name, value.as_str());
+        request = request.header(name.as_str(), value.as_str());
     }
     let request = match request.body(Full::new(Bytes::from(signed.body))) {
         Ok(r) => r,
