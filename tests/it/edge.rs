@@ -110,6 +110,29 @@ async fn sixty_four_verified_deliveries_in_flight_from_one_address_get_no_429(po
     hookd.stop().await;
 }
 
+/// A receive-only hookd with `extra` settings: what is stored stays as it was stored.
+async fn receiver(pool: &PgPool, extra: &[(&str, &str)]) -> Hookd {
+    let mut config = config(extra);
+    config.workers = 0;
+    Hookd::start(pool, config).await
+}
+
+/// Whether junk sent with `X-Forwarded-For: hop(i)`, a new `i` each time, is barred within
+/// 200 requests.
+async fn barred(client: &reqwest::Client, hookd: &Hookd, hop: impl Fn(usize) -> String) -> bool {
+    for i in 0..200 {
+        let forwarded = hop(i);
+        if junk(client, hookd, &[("x-forwarded-for", &forwarded)])
+            .await
+            .0
+            == 429
+        {
+            return true;
+        }
+    }
+    false
+}
+
 fn tally(statuses: &[u16]) -> std::collections::BTreeMap<u16, usize> {
     let mut tally = std::collections::BTreeMap::new();
     for s in statuses {
@@ -122,13 +145,15 @@ fn tally(statuses: &[u16]) -> std::collections::BTreeMap<u16, usize> {
 async fn junk_through_the_proxy_is_limited_while_its_verified_deliveries_pass(pool: PgPool) {
     // The reverse proxy is 127.0.0.1; it appends the client to X-Forwarded-For. One failure
     // a second refills, so a barred client stays barred for about a second.
-    let mut config = config(&[
-        ("HOOKD_TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8"),
-        ("HOOKD_RATE_LIMIT", "1"),
-        ("HOOKD_RATE_BURST", "20"),
-    ]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(
+        &pool,
+        &[
+            ("HOOKD_TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8"),
+            ("HOOKD_RATE_LIMIT", "1"),
+            ("HOOKD_RATE_BURST", "20"),
+        ],
+    )
+    .await;
     let proxy = client_from([127, 0, 0, 1]);
     let attacker = [("x-forwarded-for", "198.51.100.66, 203.0.113.66")];
     let seen = flood(&proxy, &hookd, &attacker).await;
@@ -198,20 +223,17 @@ async fn junk_through_the_proxy_is_limited_while_its_verified_deliveries_pass(po
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn forwarded_addresses_from_an_untrusted_peer_are_ignored(pool: PgPool) {
-    let mut config = config(&[("HOOKD_RATE_LIMIT", "5"), ("HOOKD_RATE_BURST", "20")]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(
+        &pool,
+        &[("HOOKD_RATE_LIMIT", "5"), ("HOOKD_RATE_BURST", "20")],
+    )
+    .await;
     let attacker = client_from([127, 0, 0, 3]);
     // A new made-up address each time: if it were believed, the client would never be barred.
-    let mut barred = false;
-    for i in 0..200 {
-        let forged = format!("203.0.{}.{}", i / 250, i % 250 + 1);
-        let (status, _) = junk(&attacker, &hookd, &[("x-forwarded-for", &forged)]).await;
-        if status == 429 {
-            barred = true;
-            break;
-        }
-    }
+    let barred = barred(&attacker, &hookd, |i| {
+        format!("203.0.{}.{}", i / 250, i % 250 + 1)
+    })
+    .await;
     assert!(barred, "forged X-Forwarded-For must not escape the limit");
     let other = client_from([127, 0, 0, 4]);
     assert_eq!(deliver(&other, &hookd, "evt_other", &[]).await, 200);
@@ -221,23 +243,18 @@ async fn forwarded_addresses_from_an_untrusted_peer_are_ignored(pool: PgPool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn ipv6_clients_are_limited_by_their_64(pool: PgPool) {
-    let mut config = config(&[
-        ("HOOKD_TRUSTED_PROXIES", "127.0.0.1"),
-        ("HOOKD_RATE_LIMIT", "5"),
-        ("HOOKD_RATE_BURST", "20"),
-    ]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(
+        &pool,
+        &[
+            ("HOOKD_TRUSTED_PROXIES", "127.0.0.1"),
+            ("HOOKD_RATE_LIMIT", "5"),
+            ("HOOKD_RATE_BURST", "20"),
+        ],
+    )
+    .await;
     let proxy = client_from([127, 0, 0, 1]);
     // One host hopping through the addresses of its /64 is one client.
-    let mut barred = false;
-    for i in 0..200 {
-        let hop = format!("2001:db8:1:2:{i:x}::1");
-        if junk(&proxy, &hookd, &[("x-forwarded-for", &hop)]).await.0 == 429 {
-            barred = true;
-            break;
-        }
-    }
+    let barred = barred(&proxy, &hookd, |i| format!("2001:db8:1:2:{i:x}::1")).await;
     assert!(barred, "addresses of one /64 share a budget");
     let neighbour = [("x-forwarded-for", "2001:db8:1:3::1")];
     assert_eq!(junk(&proxy, &hookd, &neighbour).await.0, 400);
@@ -294,9 +311,7 @@ async fn unknown_routes_and_wrong_tokens_count_as_failures(pool: PgPool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_operator_s_ceiling_per_source_limits_verified_deliveries(pool: PgPool) {
-    let mut config = config(&[("HOOKD_SOURCE_RATE_LIMIT", "5")]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(&pool, &[("HOOKD_SOURCE_RATE_LIMIT", "5")]).await;
     let statuses: Vec<u16> = futures::future::join_all((0..12).map(|i| {
         let hookd = &hookd;
         async move { deliver(&hookd.client, hookd, &format!("evt_ceiling_{i}"), &[]).await }
@@ -350,9 +365,7 @@ fn signed_head(body: &str) -> String {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn connections_beyond_the_cap_hear_503_and_idle_ones_are_closed(pool: PgPool) {
-    let mut config = config(&[("HOOKD_MAX_CONNECTIONS", "4")]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(&pool, &[("HOOKD_MAX_CONNECTIONS", "4")]).await;
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(TcpStream::connect(hookd.addr).await.unwrap());
@@ -403,9 +416,7 @@ async fn connections_beyond_the_cap_hear_503_and_idle_ones_are_closed(pool: PgPo
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_body_that_does_not_arrive_by_the_deadline_gets_408(pool: PgPool) {
-    let mut config = config(&[("HOOKD_REQUEST_TIMEOUT_MS", "1000")]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(&pool, &[("HOOKD_REQUEST_TIMEOUT_MS", "1000")]).await;
     let body = stripe_event("evt_slow", "invoice.paid", now(), json!({}));
     let mut stream = TcpStream::connect(hookd.addr).await.unwrap();
     stream
@@ -443,9 +454,7 @@ async fn lock_events(pool: &PgPool) -> tokio::sync::oneshot::Sender<()> {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_lock_held_on_what_ingest_needs_answers_503_in_bounded_time(pool: PgPool) {
     // The defaults: lock_timeout 2 s, request deadline 10 s.
-    let mut config = config(&[]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(&pool, &[]).await;
     assert_eq!(deliver(&hookd.client, &hookd, "evt_before", &[]).await, 200);
     let release = lock_events(&pool).await;
     let started = Instant::now();
@@ -480,13 +489,15 @@ async fn a_lock_held_on_what_ingest_needs_answers_503_in_bounded_time(pool: PgPo
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_statement_that_hangs_is_cut_by_the_request_deadline(pool: PgPool) {
     // No database-side timeouts at all: only the request deadline bounds the wait.
-    let mut config = config(&[
-        ("HOOKD_LOCK_TIMEOUT_MS", "0"),
-        ("HOOKD_STATEMENT_TIMEOUT_MS", "0"),
-        ("HOOKD_REQUEST_TIMEOUT_MS", "1500"),
-    ]);
-    config.workers = 0;
-    let hookd = Hookd::start(&pool, config).await;
+    let hookd = receiver(
+        &pool,
+        &[
+            ("HOOKD_LOCK_TIMEOUT_MS", "0"),
+            ("HOOKD_STATEMENT_TIMEOUT_MS", "0"),
+            ("HOOKD_REQUEST_TIMEOUT_MS", "1500"),
+        ],
+    )
+    .await;
     assert_eq!(deliver(&hookd.client, &hookd, "evt_warm", &[]).await, 200);
     let release = lock_events(&pool).await;
     let started = Instant::now();
