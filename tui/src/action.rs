@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use crossterm::event::KeyEvent;
 
-use crate::data::{Detail, Snapshot};
-use crate::notify::Notification;
+pub use crate::model::Bulk;
+use crate::model::{Detail, Notification, Snapshot};
 
 /// Everything that can change the dashboard's state.
 #[derive(Debug, Clone)]
@@ -41,13 +41,6 @@ pub enum Action {
     NotifyFailed(String),
     /// SIGTERM, SIGINT or SIGHUP.
     Quit,
-}
-
-/// The two actions that touch many events, and so ask first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bulk {
-    RetryAll,
-    Purge,
 }
 
 /// Work for the data task.

@@ -9,8 +9,9 @@ use common::db::dlq::DeadEvent;
 use common::db::stats::TypeCounts;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use crate::action::{Action, Bulk, Command, Effect};
-use crate::data::{Detail, Snapshot};
+use crate::action::{Action, Command, Effect};
+use crate::keymap::{self, Key, Move};
+use crate::model::{Bulk, Detail, Snapshot};
 use crate::notify::Alerts;
 
 /// How long an action's report stays in the status line.
@@ -20,6 +21,37 @@ pub const STATUS_FOR: TimeDelta = TimeDelta::seconds(30);
 pub enum Pane {
     Types,
     Dead,
+}
+
+impl Pane {
+    /// The panes in `Tab` order.
+    pub const ALL: [Pane; 2] = [Pane::Types, Pane::Dead];
+}
+
+/// The panes, each with its own selection, and the one that has the focus. A new pane is a
+/// `Pane` variant, its place in [`Pane::ALL`], and its widget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panes {
+    pub focus: Pane,
+    selected: [usize; Pane::ALL.len()],
+}
+
+impl Panes {
+    fn index(pane: Pane) -> usize {
+        Pane::ALL.iter().position(|p| *p == pane).unwrap_or(0)
+    }
+
+    pub fn selected(&self, pane: Pane) -> usize {
+        self.selected[Self::index(pane)]
+    }
+
+    pub fn select(&mut self, pane: Pane, row: usize) {
+        self.selected[Self::index(pane)] = row;
+    }
+
+    fn next(&mut self) {
+        self.focus = Pane::ALL[(Self::index(self.focus) + 1) % Pane::ALL.len()];
+    }
 }
 
 /// What the event type table is sorted by; `s` cycles through them in this order.
@@ -137,11 +169,9 @@ pub struct App {
     pub now: DateTime<Utc>,
     pub db: DbState,
     pub snapshot: Option<Snapshot>,
-    pub focus: Pane,
+    pub panes: Panes,
     pub sort: SortKey,
     pub descending: bool,
-    pub types_selected: usize,
-    pub dead_selected: usize,
     /// The filter in force; the DLQ list in the snapshot may still be for an older one.
     pub filter: String,
     /// While `/` is being typed: the text so far.
@@ -166,11 +196,12 @@ impl App {
             now,
             db: DbState::Connecting,
             snapshot: None,
-            focus: Pane::Dead,
+            panes: Panes {
+                focus: Pane::Dead,
+                selected: [0; Pane::ALL.len()],
+            },
             sort: SortKey::Dead,
             descending: true,
-            types_selected: 0,
-            dead_selected: 0,
             filter: String::new(),
             filter_input: None,
             overlay: Overlay::None,
@@ -227,7 +258,7 @@ impl App {
     }
 
     pub fn selected_dead(&self) -> Option<&DeadEvent> {
-        self.dead().get(self.dead_selected)
+        self.dead().get(self.panes.selected(Pane::Dead))
     }
 
     /// The status line's message, if it is recent enough to matter.
@@ -328,7 +359,7 @@ impl App {
         let dead_id = self.selected_dead().map(|e| e.id);
         let type_key = self
             .visible_types()
-            .get(self.types_selected)
+            .get(self.panes.selected(Pane::Types))
             .map(|t| (t.source.clone(), t.event_type.clone()));
         self.alerts.dead.observe(
             self.now,
@@ -341,19 +372,21 @@ impl App {
             .observe(snapshot.last_5m.event_success_rate());
         self.snapshot = Some(snapshot);
         let dead = self.dead();
-        self.dead_selected = dead_id
+        let row = dead_id
             .and_then(|id| dead.iter().position(|e| e.id == id))
-            .unwrap_or(self.dead_selected)
+            .unwrap_or(self.panes.selected(Pane::Dead))
             .min(dead.len().saturating_sub(1));
+        self.panes.select(Pane::Dead, row);
         let types = self.visible_types();
-        self.types_selected = type_key
+        let row = type_key
             .and_then(|(s, t)| {
                 types
                     .iter()
                     .position(|r| r.source == s && r.event_type == t)
             })
-            .unwrap_or(self.types_selected)
+            .unwrap_or(self.panes.selected(Pane::Types))
             .min(types.len().saturating_sub(1));
+        self.panes.select(Pane::Types, row);
         let mut out = Vec::new();
         if self.settings.notify {
             out.extend(rate_alert.map(Effect::Notify));
@@ -431,35 +464,33 @@ impl App {
     }
 
     fn on_main_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        match key.code {
-            KeyCode::Char('q') => return self.quit(),
-            KeyCode::Char('?') => self.overlay = Overlay::Help,
-            KeyCode::Tab | KeyCode::BackTab => {
-                self.focus = match self.focus {
-                    Pane::Types => Pane::Dead,
-                    Pane::Dead => Pane::Types,
-                }
-            }
-            KeyCode::Char('/') => self.filter_input = Some(self.filter.clone()),
-            KeyCode::Esc if !self.filter.is_empty() => {
+        let Some(key) = keymap::lookup(key) else {
+            return Vec::new();
+        };
+        match key {
+            Key::Quit => return self.quit(),
+            Key::Help => self.overlay = Overlay::Help,
+            Key::NextPane => self.panes.next(),
+            Key::Filter => self.filter_input = Some(self.filter.clone()),
+            Key::Escape if !self.filter.is_empty() => {
                 self.filter.clear();
                 self.say(Level::Info, "filter cleared");
                 return vec![Effect::Command(Command::SetFilter(String::new()))];
             }
-            KeyCode::Esc => {
+            Key::Escape => {
                 self.counting = None;
             }
-            KeyCode::Char('s') => {
+            Key::Sort => {
                 self.sort = self.sort.cycle();
                 self.descending = self.sort != SortKey::Name;
-                self.types_selected = 0;
+                self.panes.select(Pane::Types, 0);
             }
-            KeyCode::Char('S') => {
+            Key::Reverse => {
                 self.descending = !self.descending;
-                self.types_selected = 0;
+                self.panes.select(Pane::Types, 0);
             }
-            KeyCode::Enter => {
-                if self.focus != Pane::Dead {
+            Key::Open => {
+                if self.panes.focus != Pane::Dead {
                     self.say(Level::Info, "Tab to the dead-letter queue to open an event");
                 } else if let Some(id) = self.selected_dead().map(|e| e.id) {
                     self.overlay = Overlay::Detail(DetailView {
@@ -470,8 +501,8 @@ impl App {
                     return vec![Effect::Command(Command::LoadDetail(id))];
                 }
             }
-            KeyCode::Char('r') => {
-                if self.focus != Pane::Dead {
+            Key::Retry => {
+                if self.panes.focus != Pane::Dead {
                     self.say(Level::Info, "Tab to the dead-letter queue to pick an event");
                 } else if let Some(id) = self.selected_dead().map(|e| e.id) {
                     return self.retry(id);
@@ -479,9 +510,9 @@ impl App {
                     self.say(Level::Info, "no dead event selected");
                 }
             }
-            KeyCode::Char('R') => return self.ask(Bulk::RetryAll),
-            KeyCode::Char('p') => return self.ask(Bulk::Purge),
-            code => self.move_selection(code),
+            Key::RetryAll => return self.ask(Bulk::RetryAll),
+            Key::Purge => return self.ask(Bulk::Purge),
+            Key::Move(to) => self.move_selection(to),
         }
         Vec::new()
     }
@@ -505,24 +536,23 @@ impl App {
         vec![Effect::Command(Command::Count(op))]
     }
 
-    fn move_selection(&mut self, code: KeyCode) {
-        let (len, selected) = match self.focus {
-            Pane::Types => (self.visible_types().len(), &mut self.types_selected),
-            Pane::Dead => (
-                self.snapshot.as_ref().map_or(0, |s| s.dead.len()),
-                &mut self.dead_selected,
-            ),
+    fn move_selection(&mut self, to: Move) {
+        let pane = self.panes.focus;
+        let len = match pane {
+            Pane::Types => self.visible_types().len(),
+            Pane::Dead => self.snapshot.as_ref().map_or(0, |s| s.dead.len()),
         };
+        let selected = self.panes.selected(pane);
         let last = len.saturating_sub(1);
-        *selected = match code {
-            KeyCode::Char('j') | KeyCode::Down => (*selected + 1).min(last),
-            KeyCode::Char('k') | KeyCode::Up => selected.saturating_sub(1),
-            KeyCode::PageDown => (*selected + 10).min(last),
-            KeyCode::PageUp => selected.saturating_sub(10),
-            KeyCode::Char('g') | KeyCode::Home => 0,
-            KeyCode::Char('G') | KeyCode::End => last,
-            _ => *selected,
+        let row = match to {
+            Move::Down => (selected + 1).min(last),
+            Move::Up => selected.saturating_sub(1),
+            Move::PageDown => (selected + 10).min(last),
+            Move::PageUp => selected.saturating_sub(10),
+            Move::Top => 0,
+            Move::End => last,
         };
+        self.panes.select(pane, row);
     }
 
     fn on_filter_key(&mut self, key: KeyEvent) -> Vec<Effect> {
@@ -533,8 +563,8 @@ impl App {
             KeyCode::Enter => {
                 self.filter = input.trim().to_owned();
                 self.filter_input = None;
-                self.dead_selected = 0;
-                self.types_selected = 0;
+                self.panes.select(Pane::Dead, 0);
+                self.panes.select(Pane::Types, 0);
                 let text = if self.filter.is_empty() {
                     "filter cleared".to_owned()
                 } else {

@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::Source;
-use common::db::dlq::{self, DeadEvent, DeadFilter};
-use common::db::events::{self, Attempt, EventDetail};
-use common::db::stats::{self, Queue, Totals, TypeCounts};
+use common::db::dlq::{self, DeadFilter};
+use common::db::events;
+use common::db::stats;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::action::{Action, Bulk, Command};
+use crate::action::{Action, Command};
+use crate::model::Bulk;
+pub use crate::model::{Detail, Snapshot};
 
 /// Refresh at least this often, in case a notification was lost (or hookd is an older build).
 pub const FALLBACK_REFRESH: Duration = Duration::from_secs(2);
@@ -35,37 +37,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const LISTEN_RETRY: Duration = Duration::from_secs(2);
 /// The payload view stops here; a megabyte of JSON is not read on a terminal.
 const PAYLOAD_LINES: usize = 2_000;
-
-/// Everything the main screen shows, read in one go.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
-    pub taken_at: DateTime<Utc>,
-    /// How long the refresh took.
-    pub took: Duration,
-    pub queue: Queue,
-    pub last_5m: Totals,
-    pub last_hour: Totals,
-    pub last_day: Totals,
-    /// Events received per minute over the last hour, oldest first.
-    pub throughput: Vec<(DateTime<Utc>, i64)>,
-    /// Flow over the last 24 hours, with what is retrying and dead now.
-    pub by_type: Vec<TypeCounts>,
-    /// The DLQ as filtered on screen, newest first.
-    pub dead: Vec<DeadEvent>,
-    /// The filter `dead` was read with.
-    pub filter: String,
-    /// The newest dead events regardless of the filter, for notifications.
-    pub recent_dead: Vec<DeadEvent>,
-}
-
-/// One event opened from the DLQ.
-#[derive(Debug, Clone)]
-pub struct Detail {
-    pub event: EventDetail,
-    pub attempts: Vec<Attempt>,
-    /// Pretty-printed once here rather than on every frame.
-    pub payload: Vec<String>,
-}
 
 /// The database side of a filter: a source name selects the source, anything else matches the
 /// event type, provider event id or last error.

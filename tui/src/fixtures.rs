@@ -10,7 +10,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::action::Action;
 use crate::app::{App, Settings};
-use crate::data::{Detail, Snapshot};
+use crate::model::{Detail, Snapshot};
 
 pub fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-29T03:00:00Z")

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod data;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod keymap;
+pub mod model;
 pub mod notify;
 pub mod term;
 pub mod ui;

@@ -16,12 +16,7 @@ pub const QUIET: TimeDelta = TimeDelta::seconds(3);
 /// ...or when it has gone on this long, so a steady stream still gets reported.
 pub const MAX_HOLD: TimeDelta = TimeDelta::seconds(30);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notification {
-    pub summary: String,
-    pub body: String,
-    pub critical: bool,
-}
+pub use crate::model::Notification;
 
 pub trait Notifier: Send + Sync + 'static {
     /// Shows one notification. Blocking is allowed: it runs off the UI's threads.

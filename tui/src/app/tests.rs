@@ -21,33 +21,39 @@ fn status(app: &App) -> &str {
 #[test]
 fn starts_on_the_dead_letter_queue_and_moves_within_bounds() {
     let mut app = app();
-    assert_eq!(app.focus, Pane::Dead);
+    assert_eq!(app.panes.focus, Pane::Dead);
     assert_eq!(app.selected_dead().map(|e| e.id), Some(42));
     app.update(ch('j'));
     app.update(key(KeyCode::Down));
     assert_eq!(app.selected_dead().map(|e| e.id), Some(17));
     app.update(ch('j'));
-    assert_eq!(app.dead_selected, 2, "stops at the last row");
+    assert_eq!(app.panes.selected(Pane::Dead), 2, "stops at the last row");
     app.update(ch('k'));
     assert_eq!(app.selected_dead().map(|e| e.id), Some(41));
     app.update(key(KeyCode::Up));
     app.update(key(KeyCode::Up));
-    assert_eq!(app.dead_selected, 0, "stops at the first row");
+    assert_eq!(app.panes.selected(Pane::Dead), 0, "stops at the first row");
     app.update(ch('G'));
-    assert_eq!(app.dead_selected, 2);
+    assert_eq!(app.panes.selected(Pane::Dead), 2);
     app.update(ch('g'));
-    assert_eq!(app.dead_selected, 0);
+    assert_eq!(app.panes.selected(Pane::Dead), 0);
 }
 
 #[test]
 fn tab_switches_panes_and_keys_move_the_focused_one() {
     let mut app = app();
     app.update(key(KeyCode::Tab));
-    assert_eq!(app.focus, Pane::Types);
+    assert_eq!(app.panes.focus, Pane::Types);
     app.update(ch('j'));
-    assert_eq!((app.types_selected, app.dead_selected), (1, 0));
+    assert_eq!(
+        (
+            app.panes.selected(Pane::Types),
+            app.panes.selected(Pane::Dead)
+        ),
+        (1, 0)
+    );
     app.update(key(KeyCode::BackTab));
-    assert_eq!(app.focus, Pane::Dead);
+    assert_eq!(app.panes.focus, Pane::Dead);
 }
 
 #[test]
@@ -60,7 +66,7 @@ fn the_selection_follows_its_event_when_new_deaths_arrive() {
         .insert(0, dead(43, 5, "stripe", "invoice.paid", "x"));
     app.update(Action::Snapshot(Box::new(next)));
     assert_eq!(app.selected_dead().map(|e| e.id), Some(41));
-    assert_eq!(app.dead_selected, 2);
+    assert_eq!(app.panes.selected(Pane::Dead), 2);
 }
 
 #[test]

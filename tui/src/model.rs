@@ -1,0 +1,55 @@
+//! The data hooktop's parts pass to one another: what the data task reads, what a bulk action
+//! is, what a notification says. Everything else imports this and nothing here imports them,
+//! so the modules form no cycle.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::db::dlq::DeadEvent;
+use common::db::events::{Attempt, EventDetail};
+use common::db::stats::{Queue, Totals, TypeCounts};
+
+/// Everything the main screen shows, read in one go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub taken_at: DateTime<Utc>,
+    /// How long the refresh took.
+    pub took: Duration,
+    pub queue: Queue,
+    pub last_5m: Totals,
+    pub last_hour: Totals,
+    pub last_day: Totals,
+    /// Events received per minute over the last hour, oldest first.
+    pub throughput: Vec<(DateTime<Utc>, i64)>,
+    /// Flow over the last 24 hours, with what is retrying and dead now.
+    pub by_type: Vec<TypeCounts>,
+    /// The DLQ as filtered on screen, newest first.
+    pub dead: Vec<DeadEvent>,
+    /// The filter `dead` was read with.
+    pub filter: String,
+    /// The newest dead events regardless of the filter, for notifications.
+    pub recent_dead: Vec<DeadEvent>,
+}
+
+/// One event opened from the DLQ.
+#[derive(Debug, Clone)]
+pub struct Detail {
+    pub event: EventDetail,
+    pub attempts: Vec<Attempt>,
+    /// Pretty-printed once here rather than on every frame.
+    pub payload: Vec<String>,
+}
+
+/// The two actions that touch many events, and so ask first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    RetryAll,
+    Purge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub summary: String,
+    pub body: String,
+    pub critical: bool,
+}
