@@ -36,6 +36,12 @@ pub enum Command {
     /// Print fresh random development secrets as shell `export` lines.
     #[command(hide = true)]
     DevSecrets,
+    /// Print the completion script for a shell, from this very command line.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (hookd.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,6 +62,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", hookd::send::dev_secrets());
             Ok(())
         }
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a write error such as a closed pipe.
+            let mut script = Vec::new();
+            let mut definition = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut definition, "hookd", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))
+        }
     }
 }
 

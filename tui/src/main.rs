@@ -18,7 +18,18 @@ use tokio::sync::mpsc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Ok(options) = cli.database_url.parse::<PgConnectOptions>() else {
+    if let Some(packaging) = cli.packaging {
+        return match packaging.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hooktop: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // clap insists on it unless a packaging subcommand was given.
+    let url = cli.database_url.as_deref().unwrap_or_default();
+    let Ok(options) = url.parse::<PgConnectOptions>() else {
         eprintln!("hooktop: DATABASE_URL (or --database-url) is not a valid PostgreSQL URL");
         return ExitCode::from(2);
     };
