@@ -88,6 +88,14 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The package test builds the Debian package with cargo-deb: about 70 s of compiling on two idle
+# cores, 3 min on a busy machine, once per machine. Pinned, because the test packages the debug
+# binaries the suite builds anyway (a release build would cost CI far more), and cargo-deb warns
+# that it means to refuse the dev profile some day.
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "Installing cargo-deb"
+    cargo install --locked --quiet cargo-deb --version 3.8.0
+fi
 if [[ -n $own_db ]]; then
     pg_ensure_bin # installs Debian's postgresql if needed — early, before the long build
     "$PG_BIN/postgres" --version

@@ -74,8 +74,8 @@ fn installable_copy(unit: &str, scratch: &Path) -> PathBuf {
     for line in unit.lines() {
         if let Some(rest) = line.strip_prefix("ExecStart=") {
             let args = rest
-                .strip_prefix("/usr/local/bin/hookd")
-                .expect("ExecStart runs /usr/local/bin/hookd");
+                .strip_prefix("/usr/bin/hookd")
+                .expect("ExecStart runs /usr/bin/hookd");
             text += &format!("ExecStart={binary}{args}\n");
         } else if let Some((id, _)) = line
             .strip_prefix("LoadCredential=")
