@@ -42,6 +42,9 @@ pub enum Command {
     /// Write the man pages (hookd.1 and one per subcommand) into a directory.
     #[command(hide = true)]
     Man { dir: std::path::PathBuf },
+    /// Print the admin API's OpenAPI document, as docs/openapi.json holds it.
+    #[command(hide = true)]
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]

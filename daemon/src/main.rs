@@ -27,8 +27,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Needs no configuration: it is run to regenerate docs/openapi.json, anywhere.
+    if let Command::Openapi = command {
+        print!("{}", hookd::http::openapi::json());
+        return Ok(());
+    }
     let sources = Sources::from_process()?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => {
             let config = Config::load(&sources)?;
             init_tracing(config.log_json);
@@ -75,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
                 .with_context(|| format!("cannot write man pages into {}", dir.display()))
         }
+        Command::Openapi => unreachable!("handled above"),
     }
 }
 

@@ -32,17 +32,23 @@ pub struct DeadFilter {
     pub limit: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+/// A dead-lettered event, under the names the runbook's `failed_webhooks` has.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize, utoipa::ToSchema)]
 pub struct DeadEvent {
+    /// hookd's id of the event: the `webhook_id` to retry it by.
     pub id: i64,
     pub source: String,
+    /// The provider's id of the event.
     pub event_id: String,
     pub event_type: String,
     pub attempts: i32,
-    /// Serialised under the runbook's names, as `failed_webhooks` has them.
+    // Serialised under the runbook's names, as `failed_webhooks` has them.
+    /// The error of the last attempt.
     #[serde(rename = "error_message")]
+    #[schema(required = true)]
     pub last_error: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// When the event was dead-lettered.
     #[serde(rename = "failed_at")]
     pub dead_at: DateTime<Utc>,
 }

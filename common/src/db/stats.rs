@@ -50,12 +50,17 @@ pub async fn count_outcomes(conn: &mut PgConnection, outcomes: &[Counted<'_>]) -
 }
 
 /// Outcome totals over a window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, FromRow)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Totals {
+    /// Events received.
     pub received: i64,
+    /// Events processed successfully.
     pub succeeded: i64,
+    /// Events of a type no handler takes.
     pub skipped: i64,
+    /// Attempts that failed and left their event to be retried.
     pub failed: i64,
+    /// Events that failed their last attempt and were dead-lettered.
     pub dead: i64,
 }
 

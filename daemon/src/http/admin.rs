@@ -1,4 +1,5 @@
-//! The admin API: DLQ recovery, analytics, health and metrics, behind a bearer token.
+//! The admin API: DLQ recovery, analytics, health and metrics, behind a bearer token. Each
+//! handler's `utoipa::path` annotation is its part of the OpenAPI document (`openapi`).
 
 use axum::Json;
 use axum::extract::{Query, Request, State};
@@ -6,14 +7,32 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use common::Source;
-use common::db::dlq::{self, DeadFilter, DlqError};
+use common::db::dlq::{self, DeadEvent, DeadFilter, DlqError};
 use common::db::stats;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
+
+/// A JSON body sent with its keys in alphabetical order at every level, whatever order its
+/// structs declare: hookd built these bodies as `serde_json::Value`s, which sort their keys,
+/// and scripts that compare the bytes keep working.
+pub struct Sorted<T>(T);
+
+impl<T: Serialize> IntoResponse for Sorted<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_value(self.0) {
+            Ok(value) => Json(value).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise a response");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}
 
 /// 401 without credentials, 403 with wrong ones, 404 when no token is configured at all (the
 /// admin API is off).
@@ -62,19 +81,49 @@ fn check_token(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), 
 /// The largest page of the DLQ one request may ask for.
 const MAX_PAGE: i64 = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only events of this source (`stripe`, `telnyx`, `custom` or a configured one).
     source: Option<String>,
+    /// Only events of exactly this type.
     event_type: Option<String>,
+    /// Only events whose type, provider event id or last error contains this text, in any
+    /// case.
     q: Option<String>,
+    /// The next page: the `next_before_id` of the previous one.
     before_id: Option<i64>,
+    /// Events per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
 }
 
+/// One page of the dead-letter queue, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadPage {
+    failed_webhooks: Vec<DeadEvent>,
+    /// The `before_id` of the next page; null on the last one.
+    #[schema(required = true)]
+    next_before_id: Option<i64>,
+}
+
+/// List dead events
+///
+/// Newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/dlq",
+    tag = "dlq",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of dead events", body = DeadPage),
+        (status = 400, description = "A filter or the limit is invalid", body = ErrorBody),
+    )
+)]
 pub async fn list_dead(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Sorted<DeadPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // PostgreSQL text cannot hold NUL; such a filter can match nothing anyway.
     for text in [&query.source, &query.event_type, &query.q]
@@ -110,30 +159,76 @@ pub async fn list_dead(
     let next = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    Ok(Json(
-        json!({ "failed_webhooks": events, "next_before_id": next }),
-    ))
+    Ok(Sorted(DeadPage {
+        failed_webhooks: events,
+        next_before_id: next,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Either `{"webhook_id": N}` or `{"retry_all": true}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
+    /// The dead event to send back to the queue.
     webhook_id: Option<i64>,
+    /// Send every dead event back to the queue.
     #[serde(default)]
+    #[schema(default = false)]
     retry_all: bool,
 }
 
+/// What a retry sent back to the queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Retried {
+    /// How many dead events went back to the queue.
+    retried: u64,
+    /// The event retried, when one was asked for by its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    webhook_id: Option<i64>,
+}
+
+/// Retry dead events
+///
+/// Sends one dead event, or all of them, back to the queue with a fresh attempt budget; their
+/// attempt history is kept.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/dlq",
+    tag = "dlq",
+    request_body(
+        content = RetryRequest,
+        examples(
+            ("one" = (summary = "Retry one dead event", value = json!({"webhook_id": 42}))),
+            ("all" = (summary = "Retry every dead event", value = json!({"retry_all": true}))),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The events went back to the queue", body = Retried,
+            examples(
+                ("one" = (value = json!({"retried": 1, "webhook_id": 42}))),
+                ("all" = (value = json!({"retried": 17}))),
+            )),
+        (status = 400, description = "The body is neither of the two forms", body = ErrorBody),
+        (status = 404, description = "No event has that id, or the admin API is off \
+            (`HOOKD_ADMIN_TOKEN` is not set)", body = ErrorBody),
+        (status = 409, description = "The event exists but is not dead", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     body: Result<Json<RetryRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Sorted<Retried>, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     match request {
         RetryRequest {
             webhook_id: Some(id),
             retry_all: false,
         } => match dlq::retry(state.pool(), id).await {
-            Ok(()) => Ok(Json(json!({ "retried": 1, "webhook_id": id }))),
+            Ok(()) => Ok(Sorted(Retried {
+                retried: 1,
+                webhook_id: Some(id),
+            })),
             Err(DlqError::NotFound(_)) => {
                 Err(ApiError::NotFound(format!("event {id} does not exist")))
             }
@@ -145,7 +240,10 @@ pub async fn retry(
             retry_all: true,
         } => {
             let retried = dlq::retry_all(state.pool()).await?;
-            Ok(Json(json!({ "retried": retried })))
+            Ok(Sorted(Retried {
+                retried,
+                webhook_id: None,
+            }))
         }
         _ => Err(ApiError::BadRequest(
             "send {\"webhook_id\": N} or {\"retry_all\": true}".into(),
@@ -153,17 +251,46 @@ pub async fn retry(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PurgeQuery {
+    /// Purge the events that died longer ago than this age, such as `7d` or `12h`.
+    #[param(required = true, value_type = String, example = "7d")]
     older_than: Option<String>,
+    /// Needed for an age under 1h.
     #[serde(default)]
+    #[param(default = false)]
     force: bool,
 }
 
+/// What a purge deleted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Purged {
+    /// How many dead events were deleted.
+    purged: u64,
+    /// The age as given.
+    older_than: String,
+}
+
+/// Purge dead events
+///
+/// Deletes, for good, the dead events that died longer ago than `older_than`.
+#[utoipa::path(
+    delete,
+    path = "/api/webhooks/dlq",
+    tag = "dlq",
+    params(PurgeQuery),
+    responses(
+        (status = 200, description = "The events were deleted", body = Purged,
+            example = json!({"purged": 12, "older_than": "7d"})),
+        (status = 400, description = "`older_than` is missing or not an age, or under 1h \
+            without `force=true`", body = ErrorBody),
+    )
+)]
 pub async fn purge(
     State(state): State<AppState>,
     Query(query): Query<PurgeQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Sorted<Purged>, ApiError> {
     let text = query.older_than.ok_or_else(|| {
         ApiError::BadRequest("older_than is required, e.g. ?older_than=7d".into())
     })?;
@@ -182,18 +309,102 @@ pub async fn purge(
         )));
     }
     let purged = dlq::purge_older_than(state.pool(), age).await?;
-    Ok(Json(json!({ "purged": purged, "older_than": text })))
+    Ok(Sorted(Purged {
+        purged,
+        older_than: text,
+    }))
 }
 
-fn rates(totals: &stats::Totals) -> Value {
-    json!({
-        "totals": totals,
-        "event_success_rate": totals.event_success_rate(),
-        "attempt_success_rate": totals.attempt_success_rate(),
-    })
+/// Totals over a window, and the success rates they give.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rates {
+    totals: stats::Totals,
+    /// Succeeded over succeeded plus dead, from 0 to 1; null when no event finished.
+    #[schema(required = true)]
+    event_success_rate: Option<f64>,
+    /// Successful attempts over all attempts, from 0 to 1; null when there was none.
+    #[schema(required = true)]
+    attempt_success_rate: Option<f64>,
 }
 
-pub async fn analytics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+impl Rates {
+    fn of(totals: stats::Totals) -> Self {
+        Rates {
+            event_success_rate: totals.event_success_rate(),
+            attempt_success_rate: totals.attempt_success_rate(),
+            totals,
+        }
+    }
+}
+
+/// One source and event type over the last 24 hours.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TypeRates {
+    source: String,
+    event_type: String,
+    received: i64,
+    succeeded: i64,
+    skipped: i64,
+    /// Attempts that failed and left their event to be retried.
+    failed_attempts: i64,
+    /// Events dead-lettered in the window.
+    dead: i64,
+    /// Events waiting for a retry now.
+    retrying_now: i64,
+    /// Events in the dead-letter queue now.
+    dead_now: i64,
+    /// From 0 to 1; null when no event finished.
+    #[schema(required = true)]
+    event_success_rate: Option<f64>,
+    /// From 0 to 1; null when there was no attempt.
+    #[schema(required = true)]
+    attempt_success_rate: Option<f64>,
+}
+
+/// How processings ended, in the runbook's words.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Success,
+    Failure,
+}
+
+/// The runbook's `getWebhookStats` row: processings of one event type that ended one way.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunbookStat {
+    event_type: String,
+    status: Verdict,
+    count: i64,
+}
+
+/// Processing over the last hour and day, by event type.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Analytics {
+    last_hour: Rates,
+    last_24h: Rates,
+    by_type_24h: Vec<TypeRates>,
+    /// Processings in the last 24 hours by event type and verdict (no rows of count 0).
+    stats: Vec<RunbookStat>,
+    /// Processings in the last 24 hours.
+    total_processed: i64,
+    /// Percentage (0 to 100) of `total_processed` that succeeded; null when it is 0.
+    #[schema(required = true)]
+    success_rate: Option<f64>,
+}
+
+/// Processing statistics
+///
+/// Per-type counts and success rates, from counters kept with the writes (no scan of the
+/// history).
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/analytics",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "The statistics", body = Analytics),
+    )
+)]
+pub async fn analytics(State(state): State<AppState>) -> Result<Sorted<Analytics>, ApiError> {
     let pool = state.pool();
     let hour = stats::totals(pool, chrono::Duration::hours(1)).await?;
     let day = stats::totals(pool, chrono::Duration::hours(24)).await?;
@@ -207,88 +418,167 @@ pub async fn analytics(State(state): State<AppState>) -> Result<Json<Value>, Api
         let failure = t.failed + t.dead;
         processed += success + failure;
         succeeded += success;
-        for (status, count) in [("success", success), ("failure", failure)] {
+        for (status, count) in [(Verdict::Success, success), (Verdict::Failure, failure)] {
             if count > 0 {
-                runbook_stats.push(json!({
-                    "event_type": t.event_type, "status": status, "count": count,
-                }));
+                runbook_stats.push(RunbookStat {
+                    event_type: t.event_type.clone(),
+                    status,
+                    count,
+                });
             }
         }
     }
-    let by_type: Vec<Value> = types
+    let by_type = types
         .into_iter()
         .map(|t| {
             let totals = t.totals();
-            json!({
-                "source": t.source,
-                "event_type": t.event_type,
-                "received": t.received,
-                "succeeded": t.succeeded,
-                "skipped": t.skipped,
-                "failed_attempts": t.failed,
-                "dead": t.dead,
-                "retrying_now": t.retrying_now,
-                "dead_now": t.dead_now,
-                "event_success_rate": totals.event_success_rate(),
-                "attempt_success_rate": totals.attempt_success_rate(),
-            })
+            TypeRates {
+                event_success_rate: totals.event_success_rate(),
+                attempt_success_rate: totals.attempt_success_rate(),
+                source: t.source,
+                event_type: t.event_type,
+                received: t.received,
+                succeeded: t.succeeded,
+                skipped: t.skipped,
+                failed_attempts: t.failed,
+                dead: t.dead,
+                retrying_now: t.retrying_now,
+                dead_now: t.dead_now,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "last_hour": rates(&hour),
-        "last_24h": rates(&day),
-        "by_type_24h": by_type,
-        "stats": runbook_stats,
-        "total_processed": processed,
-        "success_rate": (processed > 0).then(|| 100.0 * succeeded as f64 / processed as f64),
-    })))
+    Ok(Sorted(Analytics {
+        last_hour: Rates::of(hour),
+        last_24h: Rates::of(day),
+        by_type_24h: by_type,
+        stats: runbook_stats,
+        total_processed: processed,
+        success_rate: (processed > 0).then(|| 100.0 * succeeded as f64 / processed as f64),
+    }))
 }
 
-/// Healthy means: the database answers and the workers, if this process runs any, are
-/// looping. Anyone may ask (load balancers do, often): they get the word, from what the
-/// reachability monitor and the workers' heartbeat already know, with no query per call.
-/// Token holders also get the queue's counts, which take one.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Unhealthy,
+}
+
+/// The health of hookd as token holders see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    status: HealthStatus,
+    /// Whether the database answered the queue's counts just now.
+    database: bool,
+    /// Whether this process's workers are coming round their loop; null on a receive-only
+    /// instance.
+    #[schema(required = true)]
+    workers_alive: Option<bool>,
+    /// Events pending, retrying or being processed; null when the database did not answer.
+    #[schema(required = true)]
+    queue_depth: Option<i64>,
+    /// Events waiting for a retry; null when the database did not answer.
+    #[schema(required = true)]
+    retrying: Option<i64>,
+    /// Events in the dead-letter queue; null when the database did not answer.
+    #[schema(required = true)]
+    dead: Option<i64>,
+    /// Seconds since the oldest waiting event was received; null when none waits or the
+    /// database did not answer.
+    #[schema(required = true)]
+    oldest_pending_secs: Option<f64>,
+}
+
+/// The health of hookd as anyone else sees it: the word alone.
+#[derive(Debug, Serialize, ToSchema)]
+// Never deserialised: this only closes the schema, so a report matches one branch of `Health`.
+#[serde(deny_unknown_fields)]
+pub struct HealthWord {
+    status: HealthStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Health {
+    Report(HealthReport),
+    Word(HealthWord),
+}
+
+// Anyone may ask (load balancers do, often), so the word comes from what the reachability
+// monitor and the workers' heartbeat already know, with no query per call; only the token
+// holders' details take one.
+/// Health
+///
+/// Healthy: the database answers and this process's workers, if it runs any, are looping.
+/// Anyone may ask and gets the word; with the admin token the answer has the details and the
+/// queue's counts. A wrong token is not refused: it gets the word.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/health",
+    tag = "monitoring",
+    // `openapi::TOKEN_SCHEME`; the macro takes only a literal.
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Healthy", body = Health,
+            examples(
+                ("anyone" = (value = json!({"status": "ok"}))),
+                ("token holder" = (value = json!({
+                    "status": "ok", "database": true, "workers_alive": true, "queue_depth": 3,
+                    "retrying": 1, "dead": 0, "oldest_pending_secs": 0.8,
+                }))),
+            )),
+        (status = 503, description = "Unhealthy: the database does not answer or the workers \
+            stopped", body = Health,
+            example = json!({"status": "unhealthy"})),
+    )
+)]
 pub async fn health(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     // None on a receive-only instance.
     let workers = state.inner.heartbeat.as_ref().map(|h| h.alive());
     let verdict = |database: bool| {
         let healthy = database && workers != Some(false);
-        let status = if healthy {
-            StatusCode::OK
+        if healthy {
+            (StatusCode::OK, HealthStatus::Ok)
         } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        (status, if healthy { "ok" } else { "unhealthy" })
+            (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::Unhealthy)
+        }
     };
     if check_token(&state, &headers).is_err() {
         let (status, word) = verdict(state.reachability().is_up());
-        return (status, Json(json!({ "status": word }))).into_response();
+        return (status, Sorted(Health::Word(HealthWord { status: word }))).into_response();
     }
     let queue = state.reachability().guard(stats::queue(state.pool())).await;
     let (status, word) = verdict(queue.is_ok());
     let database = queue.is_ok();
     let queue = queue.ok();
-    let body = json!({
-        "status": word,
-        "database": database,
-        "workers_alive": workers,
-        "queue_depth": queue.map(|q| q.depth()),
-        "retrying": queue.map(|q| q.retrying),
-        "dead": queue.map(|q| q.dead),
-        "oldest_pending_secs": queue.and_then(|q| q.oldest_pending_secs),
-    });
-    (status, Json(body)).into_response()
+    let body = HealthReport {
+        status: word,
+        database,
+        workers_alive: workers,
+        queue_depth: queue.map(|q| q.depth()),
+        retrying: queue.map(|q| q.retrying),
+        dead: queue.map(|q| q.dead),
+        oldest_pending_secs: queue.and_then(|q| q.oldest_pending_secs),
+    };
+    (status, Sorted(Health::Report(body))).into_response()
 }
 
+/// The content type of `/metrics`.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Metrics
+///
+/// hookd's metrics for Prometheus, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = OPENMETRICS),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let queue = stats::queue(state.pool()).await?;
     let text = state.metrics().render(&queue);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response())
 }

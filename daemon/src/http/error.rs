@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -36,6 +36,13 @@ pub enum ApiError {
     Unavailable(#[from] sqlx::Error),
 }
 
+/// What every refusal of hookd's says.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, in a few words.
+    pub error: String,
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -61,7 +68,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => "database unavailable, retry later".to_owned(),
             other => other.to_string(),
         };
-        let mut response = (self.status(), Json(json!({ "error": message }))).into_response();
+        let mut response = (self.status(), Json(ErrorBody { error: message })).into_response();
         let headers = response.headers_mut();
         match self {
             ApiError::Unauthorized => {

@@ -5,6 +5,7 @@ mod admin;
 mod body;
 mod client;
 mod error;
+pub mod openapi;
 mod rate_limit;
 mod server;
 mod webhooks;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::post;
 use secrecy::SecretString;
 use sqlx::PgPool;
 
@@ -25,6 +26,8 @@ use axum::http::StatusCode;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::announce::Announcer;
 use crate::ingest::Ingest;
@@ -102,6 +105,20 @@ fn source_of(path: &str) -> Option<common::Source> {
         .ok()
 }
 
+/// The routes behind the admin token. `openapi::document` documents them from the same list.
+fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(admin::list_dead, admin::retry, admin::purge))
+        .routes(routes!(admin::analytics))
+        .routes(routes!(admin::metrics))
+        .routes(routes!(openapi::serve))
+}
+
+/// The admin API's routes that answer anyone.
+fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(admin::health))
+}
+
 pub fn app(state: AppState) -> Router {
     let body_limit = state.inner.budget.limit;
     let deadline = state.inner.budget.deadline;
@@ -116,15 +133,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             webhooks::resolve,
         ));
-    let admin = Router::new()
-        .route(
-            "/api/webhooks/dlq",
-            get(admin::list_dead)
-                .post(admin::retry)
-                .delete(admin::purge),
-        )
-        .route("/api/webhooks/analytics", get(admin::analytics))
-        .route("/metrics", get(admin::metrics))
+    let admin = Router::from(admin_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
@@ -140,7 +149,7 @@ pub fn app(state: AppState) -> Router {
     // the cost of logging on the hot path.
     Router::new()
         .merge(admin)
-        .route("/api/webhooks/health", get(admin::health))
+        .merge(Router::from(open_routes()))
         .fallback(|| async { rate_limit::unverified(ApiError::NotFound("no such route".into())) })
         .layer(
             TraceLayer::new_for_http()
