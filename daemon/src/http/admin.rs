@@ -289,8 +289,9 @@ pub struct Purged {
 )]
 pub async fn purge(
     State(state): State<AppState>,
-    Query(query): Query<PurgeQuery>,
+    query: Result<Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sorted<Purged>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let text = query.older_than.ok_or_else(|| {
         ApiError::BadRequest("older_than is required, e.g. ?older_than=7d".into())
     })?;
