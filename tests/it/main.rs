@@ -11,6 +11,7 @@ mod forward;
 mod harness;
 mod ingest;
 mod netns;
+mod openapi;
 mod package;
 mod processes;
 mod processing;
