@@ -3,6 +3,7 @@
 
 mod admin;
 mod badinput;
+mod clusters;
 mod dashboards;
 mod dlq;
 mod edge;

@@ -1,6 +1,7 @@
 //! Storage: every statement hookd and hooktop run lives under this module.
 
 pub mod business;
+pub mod clusters;
 pub mod dlq;
 pub mod events;
 pub mod liveness;

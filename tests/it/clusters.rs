@@ -1,0 +1,127 @@
+//! Dead events grouped by why they died, over a real PostgreSQL: the fingerprint is stored
+//! when hookd's own workers dead-letter an event, and it groups errors that differ only in
+//! ids, numbers, timestamps and quoted values.
+
+use std::time::Duration;
+
+use common::MIGRATOR;
+use common::db::clusters;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::harness::{Hookd, config, count, now, stripe_event, wait_for};
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn fingerprints_keep_the_cause_and_drop_what_varies(pool: PgPool) {
+    let same = [
+        (
+            "no business is linked to Stripe customer cus_A",
+            "no business is linked to Stripe customer cus_B",
+        ),
+        (
+            "forward to https://app.example/hooks answered 503 Service Unavailable after 12 ms",
+            "forward to https://app.example/hooks answered 504 Service Unavailable after 9 ms",
+        ),
+        (
+            "call v3:abcDEF123 not found at 2026-12-02T18:27:46Z",
+            "call v3:XYZ987 not found at 2026-11-30 01:02:03+00",
+        ),
+        (
+            "payload has no value for 'customer' in event 9f0c7a1e-4b7c-4c53-9c1e-0a1b2c3d4e5f",
+            "payload has no value for 'subscription' in event 0d7a4c1b-aaaa-4bbb-8ccc-123456789abc",
+        ),
+    ];
+    for (a, b) in same {
+        let (fa, fb) = (
+            clusters::fingerprint(&pool, a).await.unwrap(),
+            clusters::fingerprint(&pool, b).await.unwrap(),
+        );
+        assert_eq!(fa, fb, "{a:?} and {b:?}");
+    }
+    assert_eq!(
+        clusters::fingerprint(&pool, "no business is linked to Stripe customer cus_A")
+            .await
+            .unwrap(),
+        "no business is linked to Stripe customer <id>"
+    );
+    let different = [
+        (
+            "database error: deadlock detected",
+            "database error: connection refused",
+        ),
+        ("handler not_configured", "handler not_found"),
+    ];
+    for (a, b) in different {
+        assert_ne!(
+            clusters::fingerprint(&pool, a).await.unwrap(),
+            clusters::fingerprint(&pool, b).await.unwrap(),
+            "{a:?} and {b:?} are different causes"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn events_that_die_under_hookd_are_grouped_by_cause(pool: PgPool) {
+    let hookd = Hookd::start(&pool, config(&[("HOOKD_MAX_ATTEMPTS", "1")])).await;
+    let deliveries = [
+        ("invoice.payment_succeeded", "cus_A"),
+        ("invoice.payment_succeeded", "cus_B"),
+        ("invoice.payment_succeeded", "cus_C"),
+        ("customer.subscription.updated", "cus_D"),
+        ("customer.subscription.updated", "cus_E"),
+    ];
+    for (n, (kind, customer)) in deliveries.iter().enumerate() {
+        let object = json!({
+            "id": format!("obj_{n}"), "customer": customer, "status": "active",
+            "subscription": format!("sub_{n}"), "amount_paid": 4900,
+        });
+        let body = stripe_event(&format!("evt_cluster_{n}"), kind, now(), object);
+        assert_eq!(hookd.stripe(&body).await.0, 200);
+    }
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'dead'",
+        5,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE error_fingerprint IS NULL AND state = 'dead'"
+        )
+        .await,
+        0,
+        "stored when they died"
+    );
+    let found = clusters::list(&pool, 10).await.unwrap();
+    let summary: Vec<(&str, &str, i64)> = found
+        .iter()
+        .map(|c| (c.event_type.as_str(), c.fingerprint.as_str(), c.count))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "invoice.payment_succeeded",
+                "no business is linked to Stripe customer <id>",
+                3
+            ),
+            (
+                "customer.subscription.updated",
+                "no business is linked to Stripe customer <id>",
+                2
+            ),
+        ]
+    );
+    let invoices = &found[0];
+    assert!(invoices.first_death <= invoices.last_death);
+    assert!(
+        invoices
+            .sample_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("no business is linked to Stripe customer cus_")),
+        "{invoices:?}"
+    );
+    hookd.stop().await;
+}
