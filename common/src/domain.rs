@@ -48,11 +48,6 @@ impl Source {
         names.insert(name);
         Ok(Source(name))
     }
-
-    /// Every known source, in name order.
-    pub fn known() -> Vec<Source> {
-        names().iter().map(|name| Source(name)).collect()
-    }
 }
 
 fn names() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<&'static str>> {
