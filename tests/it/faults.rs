@@ -9,12 +9,12 @@
 //! default: `cargo test -p hookd-tests faults -- --ignored --nocapture`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::MIGRATOR;
+use pgcluster::Cluster;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -466,262 +466,38 @@ async fn soak_sigkill_under_load(pool: PgPool) {
 
 // ------------------------------------------------- a private PostgreSQL cluster ----
 
-/// A PostgreSQL cluster of the test's own, which it may stop and start: initdb'd into a temp
-/// directory, loopback only on a free port, trust authentication, no fsync. Drop stops it
-/// and removes the directory.
-pub struct PrivateCluster {
-    bin: PathBuf,
-    user: Option<String>,
-    root: PathBuf,
-    data: PathBuf,
-    pub port: u16,
-    /// The network namespace the server runs in, if not this one (a host of its own).
-    netns: Option<String>,
-}
-
-impl PrivateCluster {
-    /// The server binaries: `$HOOKD_TEST_PG_BIN` (scripts/test.sh), else the newest
-    /// `/usr/lib/postgresql/*/bin`.
-    fn find_bin() -> Option<PathBuf> {
-        let usable = |d: &Path| {
-            ["initdb", "pg_ctl", "postgres"]
-                .iter()
-                .all(|b| d.join(b).is_file())
-        };
-        if let Some(dir) = std::env::var_os("HOOKD_TEST_PG_BIN").filter(|d| !d.is_empty()) {
-            let dir = PathBuf::from(dir);
-            return usable(&dir).then_some(dir);
-        }
-        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let major = e.file_name().to_str()?.parse().ok()?;
-                let bin = e.path().join("bin");
-                usable(&bin).then_some((major, bin))
-            })
-            .collect();
-        found.sort();
-        found.pop().map(|(_, bin)| bin)
-    }
-
-    /// PostgreSQL refuses to run as root: then initdb and pg_ctl run as `postgres`.
-    fn os_user() -> Option<String> {
-        if let Ok(user) = std::env::var("HOOKD_TEST_PG_CTL_USER") {
-            return (!user.is_empty()).then_some(user);
-        }
-        let uid = std::process::Command::new("id").arg("-u").output().ok()?;
-        (String::from_utf8_lossy(&uid.stdout).trim() == "0").then(|| "postgres".to_owned())
-    }
-
-    fn command(&self, program: &Path) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new("/usr/bin/env");
-        if let Some(netns) = &self.netns {
-            command.args(["ip", "netns", "exec", netns]);
-        }
-        if let Some(user) = &self.user {
-            command.args(["runuser", "-u", user, "--"]);
-        }
-        command.arg(program);
-        command.current_dir("/").kill_on_drop(true);
-        command
-    }
-
-    async fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
-        let output = self
-            .command(&self.bin.join(program))
-            .args(args)
-            .output()
-            .await
-            .map_err(|e| format!("{program}: {e}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{program} {args:?}: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
-    }
-
-    /// Starts a fresh cluster with a database `hookd`, or says why it cannot (`None` only when
-    /// no PostgreSQL binaries exist at all; any other failure panics).
-    pub async fn start() -> Option<PrivateCluster> {
-        Self::start_in(None, "127.0.0.1").await
-    }
-
-    /// Like [`PrivateCluster::start`], the server in network namespace `netns` listening on
-    /// `listen`; this side reaches it on its Unix socket ([`PrivateCluster::socket_url`]).
-    pub async fn start_in(netns: Option<&str>, listen: &str) -> Option<PrivateCluster> {
-        let Some(bin) = Self::find_bin() else {
-            println!(
-                "skipped: no PostgreSQL server binaries (HOOKD_TEST_PG_BIN unset and nothing in \
-                 /usr/lib/postgresql/*/bin)"
-            );
+/// A PostgreSQL cluster of the test's own, which it may stop and start (see `pgcluster`),
+/// listening on `listen`, with a database `hookd`; in network namespace `netns` if given
+/// (reached on its Unix socket from here). `None`, saying so, on a machine with no PostgreSQL
+/// server binaries.
+pub fn private_cluster(netns: Option<&str>, listen: &str) -> Option<Cluster> {
+    let binaries = match pgcluster::Binaries::find() {
+        Ok(binaries) => binaries,
+        Err(e) => {
+            println!("skipped: {e}");
             return None;
-        };
-        let user = Self::os_user();
-        let root = std::env::temp_dir().join(format!(
-            "hookd-faults-pg-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_micros()
-        ));
-        std::fs::create_dir(&root).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        if let Some(user) = &user {
-            let status = std::process::Command::new("chown")
-                .arg(format!("{user}:"))
-                .arg(&root)
-                .status()
-                .unwrap();
-            assert!(status.success(), "chown {user} {}", root.display());
         }
-        let mut cluster = PrivateCluster {
-            bin,
-            user,
-            data: root.join("data"),
-            root,
-            port: 0,
-            netns: netns.map(str::to_owned),
-        };
-        let data = cluster.data.to_str().unwrap().to_owned();
-        cluster
-            .run(
-                "initdb",
-                &[
-                    "-D",
-                    &data,
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-sync",
-                ],
-            )
-            .await
-            .expect("initdb");
-        if netns.is_some() {
-            // The test hosts' links: trust, as on loopback.
-            use std::io::Write;
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(cluster.data.join("pg_hba.conf"))
-                .unwrap()
-                .write_all(b"\nhost all all samenet trust\n")
-                .unwrap();
-        }
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            cluster.port = free_port();
-            // Appended last, so it wins over the defaults; a plain restart keeps it.
-            let settings = format!(
-                "\nlisten_addresses = '{listen}'\nport = {}\nunix_socket_directories = '{}'\n\
-                 max_connections = 60\nshared_buffers = 32MB\nfsync = off\n\
-                 synchronous_commit = off\nfull_page_writes = off\n",
-                cluster.port,
-                if netns.is_some() {
-                    cluster.root.to_str().unwrap()
-                } else {
-                    ""
-                },
-            );
-            use std::io::Write;
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(cluster.data.join("postgresql.conf"))
-                .unwrap()
-                .write_all(settings.as_bytes())
-                .unwrap();
-            match cluster.pg_start().await {
-                Ok(()) => {
-                    let admin = PgPoolOptions::new()
-                        .max_connections(1)
-                        .connect(&match netns {
-                            Some(_) => cluster.socket_url("postgres"),
-                            None => cluster.url("postgres"),
-                        })
-                        .await
-                        .expect("connect to the private cluster");
-                    sqlx::query("CREATE DATABASE hookd")
-                        .execute(&admin)
-                        .await
-                        .unwrap();
-                    admin.close().await;
-                    return Some(cluster);
-                }
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("could not start a private PostgreSQL: {last_error}");
+    };
+    let mut cluster = Cluster::temporary()
+        .binaries(binaries)
+        .listen(listen)
+        .setting("max_connections", "60")
+        .setting("shared_buffers", "32MB")
+        .database("hookd");
+    if let Some(netns) = netns {
+        // The test hosts' links: trusted, as loopback is.
+        cluster = cluster.netns(netns).hba("host all all samenet trust");
     }
-
-    pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-    }
-
-    /// The server's Unix socket, which reaches across network namespaces.
-    pub fn socket_url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres@localhost:{}/{database}?host={}",
-            self.port,
-            self.root.display()
-        )
-    }
-
-    pub async fn pg_start(&self) -> Result<(), String> {
-        let data = self.data.to_str().unwrap();
-        let log = self.root.join("postgres.log");
-        self.run(
-            "pg_ctl",
-            &[
-                "start",
-                "-w",
-                "-t",
-                "60",
-                "-s",
-                "-D",
-                data,
-                "-l",
-                log.to_str().unwrap(),
-            ],
-        )
-        .await
-    }
-
-    pub async fn pg_stop(&self) -> Result<(), String> {
-        let data = self.data.to_str().unwrap();
-        self.run(
-            "pg_ctl",
-            &["stop", "-w", "-t", "60", "-s", "-m", "fast", "-D", data],
-        )
-        .await
-    }
+    Some(cluster.start().expect("a private PostgreSQL cluster"))
 }
 
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let mut stop = std::process::Command::new("/usr/bin/env");
-        if let Some(netns) = &self.netns {
-            stop.args(["ip", "netns", "exec", netns]);
-        }
-        if let Some(user) = &self.user {
-            stop.args(["runuser", "-u", user, "--"]);
-        }
-        stop.arg(self.bin.join("pg_ctl"));
-        let _ = stop
-            .args(["stop", "-w", "-s", "-m", "immediate", "-D"])
-            .arg(&self.data)
-            .current_dir("/")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
+/// `pg_ctl ARGS` of `cluster`, awaited without holding up the test's other tasks.
+async fn pg_ctl(cluster: &Cluster, args: &[&str]) {
+    let status = tokio::process::Command::from(cluster.ctl(args))
+        .status()
+        .await
+        .expect("pg_ctl runs");
+    assert!(status.success(), "pg_ctl {args:?}: {status}");
 }
 
 // ----------------------------------------------------- PostgreSQL down and up ----
@@ -730,7 +506,7 @@ impl Drop for PrivateCluster {
 /// answers 503 (never 2xx) and says so on its health route; afterwards it recovers by itself,
 /// without a restart.
 async fn database_outage_scenario(cycles: usize, down_for: Duration) {
-    let Some(cluster) = PrivateCluster::start().await else {
+    let Some(cluster) = private_cluster(None, "127.0.0.1") else {
         return;
     };
     let url = cluster.url("hookd");
@@ -768,7 +544,7 @@ async fn database_outage_scenario(cycles: usize, down_for: Duration) {
         .unwrap();
     for cycle in 0..cycles {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        cluster.pg_stop().await.expect("pg_ctl stop");
+        pg_ctl(&cluster, &["stop", "-s", "-w", "-m", "fast"]).await;
         let down_at = Instant::now();
         // hookd's monitor notices within a second; from then on no request waits for the
         // database. The probe is a webhook sent wholly inside the outage, whatever the load's
@@ -793,7 +569,8 @@ async fn database_outage_scenario(cycles: usize, down_for: Duration) {
         // The database accepts connections a little before pg_ctl returns: the outage ends
         // when the start is asked for.
         outages.push((down_at, Instant::now()));
-        cluster.pg_start().await.expect("pg_ctl start");
+        let log = cluster.log_file();
+        pg_ctl(&cluster, &["start", "-s", "-w", "-l", log.to_str().unwrap()]).await;
         let up_at = Instant::now();
         // Recovery: the first signed webhook acknowledged after the database returned.
         let mut n = 0;

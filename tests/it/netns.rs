@@ -9,7 +9,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::faults::PrivateCluster;
+use crate::faults::private_cluster;
+use pgcluster::Cluster;
 use crate::harness::*;
 
 const EXACTLY_ONCE: &str = "SELECT count(*) FROM (
@@ -107,14 +108,14 @@ impl Hosts {
     }
 
     /// hookd on host `n`, reaching the database over its link.
-    fn spawn(&self, n: usize, cluster: &PrivateCluster, extra: &[(&str, &str)]) -> Process {
+    fn spawn(&self, n: usize, cluster: &Cluster, extra: &[(&str, &str)]) -> Process {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.hookd[n]])
             .arg(hookd_bin());
         let url = format!(
             "postgres://postgres@{}:{}/hookd",
-            self.db_addresses[n], cluster.port
+            self.db_addresses[n], cluster.port()
         );
         Process::spawn_at(&url, free_port(), extra, command)
     }
@@ -129,7 +130,7 @@ impl Drop for Hosts {
     }
 }
 
-async fn database(cluster: &PrivateCluster) -> PgPool {
+async fn database(cluster: &Cluster) -> PgPool {
     let options = hookd::schema::connect_options(
         cluster.socket_url("hookd").parse().unwrap(),
         &hookd::Schema::default(),
@@ -152,7 +153,7 @@ async fn database(cluster: &PrivateCluster) -> PgPool {
 async fn a_cut_link_hands_the_work_to_the_other_host_and_the_cut_one_rejoins() {
     let Some(hosts) = Hosts::make() else { return };
     let listen = hosts.db_addresses.join(",");
-    let Some(cluster) = PrivateCluster::start_in(Some(&hosts.db), &listen).await else {
+    let Some(cluster) = private_cluster(Some(&hosts.db), &listen) else {
         return;
     };
     let pool = database(&cluster).await;
@@ -263,7 +264,7 @@ async fn latency_and_loss_on_the_database_links_lose_and_double_nothing() {
         }
     }
     let listen = hosts.db_addresses.join(",");
-    let Some(cluster) = PrivateCluster::start_in(Some(&hosts.db), &listen).await else {
+    let Some(cluster) = private_cluster(Some(&hosts.db), &listen) else {
         return;
     };
     let pool = database(&cluster).await;
