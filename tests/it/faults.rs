@@ -570,7 +570,11 @@ async fn database_outage_scenario(cycles: usize, down_for: Duration) {
         // when the start is asked for.
         outages.push((down_at, Instant::now()));
         let log = cluster.log_file();
-        pg_ctl(&cluster, &["start", "-s", "-w", "-l", log.to_str().unwrap()]).await;
+        pg_ctl(
+            &cluster,
+            &["start", "-s", "-w", "-l", log.to_str().unwrap()],
+        )
+        .await;
         let up_at = Instant::now();
         // Recovery: the first signed webhook acknowledged after the database returned.
         let mut n = 0;

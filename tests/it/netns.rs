@@ -9,8 +9,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::faults::private_cluster;
 use pgcluster::Cluster;
+
+use crate::faults::private_cluster;
 use crate::harness::*;
 
 const EXACTLY_ONCE: &str = "SELECT count(*) FROM (
@@ -115,7 +116,8 @@ impl Hosts {
             .arg(hookd_bin());
         let url = format!(
             "postgres://postgres@{}:{}/hookd",
-            self.db_addresses[n], cluster.port()
+            self.db_addresses[n],
+            cluster.port()
         );
         Process::spawn_at(&url, free_port(), extra, command)
     }
