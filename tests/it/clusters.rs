@@ -9,7 +9,7 @@ use common::db::clusters;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::{Hookd, config, count, now, stripe_event, wait_for};
+use crate::harness::{Hookd, backlog, config, count, now, stripe_event, wait_for};
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn fingerprints_keep_the_cause_and_drop_what_varies(pool: PgPool) {
@@ -124,4 +124,69 @@ async fn events_that_die_under_hookd_are_grouped_by_cause(pool: PgPool) {
         "{invoices:?}"
     );
     hookd.stop().await;
+}
+
+/// Eight events: 1 to 4 are one cluster (2 dead before fingerprints were stored), the others
+/// differ from it in one way each.
+async fn one_cluster_and_its_neighbours(pool: &PgPool) {
+    backlog(pool, 8).await;
+    sqlx::query(
+        "UPDATE events SET
+             state = CASE WHEN id = 8 THEN 'retrying' ELSE 'dead' END,
+             dead_at = CASE WHEN id = 8 THEN NULL ELSE now() - make_interval(hours => id::int) END,
+             attempts = 4,
+             source = CASE WHEN id = 6 THEN 'custom' ELSE 'stripe' END,
+             event_type = CASE WHEN id = 5 THEN 'invoice.payment_failed' ELSE 'invoice.paid' END,
+             last_error = CASE WHEN id = 7 THEN 'database error: deadlock detected'
+                               ELSE 'no business is linked to Stripe customer cus_' || id END",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE events SET error_fingerprint = hookd_error_fingerprint(last_error)
+         WHERE state = 'dead' AND id <> 2",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_cluster_lists_its_own_dead_events_newest_first(pool: PgPool) {
+    one_cluster_and_its_neighbours(&pool).await;
+    let found = clusters::list(&pool, 10).await.unwrap();
+    let cluster = found
+        .iter()
+        .find(|c| c.event_type == "invoice.paid" && c.source == "stripe" && c.count > 1)
+        .expect("the cluster of 1 to 4");
+    let key = cluster.key();
+    let ids = |events: Vec<common::db::dlq::DeadEvent>| {
+        events.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let listed = clusters::events(&pool, &key, 10).await.unwrap();
+    assert_eq!(listed.len() as i64, cluster.count, "what the count says");
+    assert_eq!(
+        ids(listed),
+        [1, 2, 3, 4],
+        "newest first, with the one whose fingerprint was never stored in its place"
+    );
+    assert_eq!(ids(clusters::events(&pool, &key, 2).await.unwrap()), [1, 2]);
+    assert!(clusters::events(&pool, &key, 0).await.unwrap().is_empty());
+    let elsewhere = clusters::ClusterKey {
+        source: "telnyx".into(),
+        ..key.clone()
+    };
+    assert!(
+        clusters::events(&pool, &elsewhere, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The same events once retried are no longer the cluster's.
+    common::db::dlq::retry(&pool, 1).await.unwrap();
+    assert_eq!(
+        ids(clusters::events(&pool, &key, 10).await.unwrap()),
+        [2, 3, 4]
+    );
 }

@@ -6,18 +6,44 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
-#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+use super::dlq::DeadEvent;
+
+/// Dead events of one source and event type that died of the same cause.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize, utoipa::ToSchema)]
 pub struct Cluster {
     pub source: String,
     pub event_type: String,
     /// The last error with ids, numbers, timestamps and quoted values normalised away.
     pub fingerprint: String,
+    /// How many dead events the cluster holds.
     pub count: i64,
+    /// When the cluster's first event was dead-lettered.
     pub first_death: DateTime<Utc>,
+    /// When the cluster's latest event was dead-lettered.
     pub last_death: DateTime<Utc>,
-    /// The most recently received event of the cluster, and its error as it was.
+    /// The most recently received event of the cluster: the `webhook_id` to open or retry.
     pub sample_id: i64,
+    /// The sample's last error as it was.
+    #[schema(required = true)]
     pub sample_error: Option<String>,
+}
+
+/// What names a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClusterKey {
+    pub source: String,
+    pub event_type: String,
+    pub fingerprint: String,
+}
+
+impl Cluster {
+    pub fn key(&self) -> ClusterKey {
+        ClusterKey {
+            source: self.source.clone(),
+            event_type: self.event_type.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
 }
 
 /// The largest clusters first (then the most recent), at most `limit`.
@@ -41,6 +67,41 @@ pub async fn list(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Cluster>> {
          ORDER BY c.count DESC, c.last_death DESC",
     )
     .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The dead events of one cluster, newest first, at most `limit`.
+pub async fn events(pool: &PgPool, key: &ClusterKey, limit: i64) -> sqlx::Result<Vec<DeadEvent>> {
+    // The same cluster as `list` forms, but in two halves so each reads
+    // `events_dead_clusters_idx` alone: the stored fingerprints in the index's order (a LIMIT
+    // stops early however large the cluster), and the few rows without one, which are the
+    // only ones the fingerprint is computed for. A `coalesce` would compute it for every dead
+    // event of the type.
+    sqlx::query_as(
+        "WITH stored AS (
+             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at
+             FROM events
+             WHERE state = 'dead' AND source = $1 AND event_type = $2
+               AND error_fingerprint = $3
+             ORDER BY dead_at DESC, id DESC
+             LIMIT $4
+         ), computed AS (
+             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at
+             FROM events
+             WHERE state = 'dead' AND source = $1 AND event_type = $2
+               AND error_fingerprint IS NULL AND hookd_error_fingerprint(last_error) = $3
+             ORDER BY dead_at DESC, id DESC
+             LIMIT $4
+         )
+         SELECT * FROM stored UNION ALL SELECT * FROM computed
+         ORDER BY dead_at DESC, id DESC
+         LIMIT $4",
+    )
+    .bind(&key.source)
+    .bind(&key.event_type)
+    .bind(&key.fingerprint)
+    .bind(limit.clamp(0, 1_000))
     .fetch_all(pool)
     .await
 }
