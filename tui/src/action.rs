@@ -2,6 +2,7 @@
 //! asks the outside world to carry out.
 
 use chrono::{DateTime, Utc};
+use common::db::clusters::{Cluster, ClusterKey};
 use crossterm::event::KeyEvent;
 
 pub use crate::model::Bulk;
@@ -16,6 +17,9 @@ pub enum Action {
     Tick(DateTime<Utc>),
     /// A refresh succeeded, so the database is reachable.
     Snapshot(Box<Snapshot>),
+    /// The dead events grouped by cause, read apart from the snapshot (it is the heaviest
+    /// read of the dashboard).
+    Clusters(Vec<Cluster>),
     /// A refresh failed; `since` is when the outage started.
     DbDown {
         since: DateTime<Utc>,
@@ -49,6 +53,8 @@ pub enum Command {
     Refresh,
     /// The DLQ list is filtered in the database; later refreshes use this text.
     SetFilter(String),
+    /// The DLQ list shows this cluster's events instead of the filter's, until `None`.
+    SetCluster(Option<ClusterKey>),
     Retry(i64),
     Count(Bulk),
     Run(Bulk),

@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::db::clusters::{Cluster, ClusterKey};
 use common::db::dlq::DeadEvent;
 use common::db::stats::TypeCounts;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -20,16 +21,18 @@ pub const STATUS_FOR: TimeDelta = TimeDelta::seconds(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pane {
     Types,
+    Clusters,
     Dead,
 }
 
 impl Pane {
-    /// The panes in `Tab` order.
-    pub const ALL: [Pane; 2] = [Pane::Types, Pane::Dead];
+    /// The panes in `Tab` order, which is also their order on screen.
+    pub const ALL: [Pane; 3] = [Pane::Types, Pane::Clusters, Pane::Dead];
 }
 
 /// The panes, each with its own selection, and the one that has the focus. A new pane is a
-/// `Pane` variant, its place in [`Pane::ALL`], and its widget.
+/// `Pane` variant, its place in [`Pane::ALL`], its rows in [`App::rows`] and
+/// [`App::row_keys`], and its widget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Panes {
     pub focus: Pane,
@@ -49,12 +52,60 @@ impl Panes {
         self.selected[Self::index(pane)] = row;
     }
 
-    fn next(&mut self) {
-        self.focus = Pane::ALL[(Self::index(self.focus) + 1) % Pane::ALL.len()];
+    fn step(&mut self, by: usize) {
+        self.focus = Pane::ALL[(Self::index(self.focus) + by) % Pane::ALL.len()];
     }
 }
 
-/// What the event type table is sorted by; `s` cycles through them in this order.
+/// A column a table can be sorted by; `s` cycles through [`Column::ALL`] in order.
+pub trait Column: Copy + PartialEq + 'static {
+    const ALL: &'static [Self];
+    fn label(self) -> &'static str;
+    /// Counts and times put the largest first; names read A to Z.
+    fn descending_first(self) -> bool {
+        true
+    }
+}
+
+/// How a table is sorted: a column and a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort<C> {
+    pub by: C,
+    pub descending: bool,
+}
+
+impl<C: Column> Sort<C> {
+    pub fn new(by: C) -> Self {
+        Sort {
+            by,
+            descending: by.descending_first(),
+        }
+    }
+
+    fn cycle(&mut self) {
+        let i = C::ALL.iter().position(|c| *c == self.by).unwrap_or(0);
+        *self = Sort::new(C::ALL[(i + 1) % C::ALL.len()]);
+    }
+
+    fn reverse(&mut self) {
+        self.descending = !self.descending;
+    }
+
+    /// `order` (ascending by the column) in this sort's direction.
+    fn directed(self, order: Ordering) -> Ordering {
+        if self.descending {
+            order.reverse()
+        } else {
+            order
+        }
+    }
+
+    pub fn arrow(self) -> &'static str {
+        if self.descending { "▼" } else { "▲" }
+    }
+}
+
+/// What the event type table is sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortKey {
     Dead,
@@ -65,8 +116,8 @@ pub enum SortKey {
     Name,
 }
 
-impl SortKey {
-    pub const ALL: [SortKey; 6] = [
+impl Column for SortKey {
+    const ALL: &'static [SortKey] = &[
         SortKey::Dead,
         SortKey::Retrying,
         SortKey::Received,
@@ -75,7 +126,7 @@ impl SortKey {
         SortKey::Name,
     ];
 
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             SortKey::Dead => "dead",
             SortKey::Retrying => "retrying",
@@ -86,11 +137,12 @@ impl SortKey {
         }
     }
 
-    fn cycle(self) -> SortKey {
-        let i = Self::ALL.iter().position(|k| *k == self).unwrap_or(0);
-        Self::ALL[(i + 1) % Self::ALL.len()]
+    fn descending_first(self) -> bool {
+        self != SortKey::Name
     }
+}
 
+impl SortKey {
     fn value(self, t: &TypeCounts) -> i64 {
         match self {
             SortKey::Dead => t.dead_now,
@@ -99,6 +151,40 @@ impl SortKey {
             SortKey::Succeeded => t.succeeded,
             SortKey::Skipped => t.skipped,
             SortKey::Name => 0,
+        }
+    }
+}
+
+/// What the error clusters are sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterSort {
+    Count,
+    LastDeath,
+    FirstDeath,
+}
+
+impl Column for ClusterSort {
+    const ALL: &'static [ClusterSort] = &[
+        ClusterSort::Count,
+        ClusterSort::LastDeath,
+        ClusterSort::FirstDeath,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ClusterSort::Count => "count",
+            ClusterSort::LastDeath => "last death",
+            ClusterSort::FirstDeath => "first death",
+        }
+    }
+}
+
+impl ClusterSort {
+    fn order(self, a: &Cluster, b: &Cluster) -> Ordering {
+        match self {
+            ClusterSort::Count => a.count.cmp(&b.count),
+            ClusterSort::LastDeath => a.last_death.cmp(&b.last_death),
+            ClusterSort::FirstDeath => a.first_death.cmp(&b.first_death),
         }
     }
 }
@@ -169,11 +255,15 @@ pub struct App {
     pub now: DateTime<Utc>,
     pub db: DbState,
     pub snapshot: Option<Snapshot>,
+    /// The dead events grouped by cause; `None` until they are first read.
+    pub clusters: Option<Vec<Cluster>>,
     pub panes: Panes,
-    pub sort: SortKey,
-    pub descending: bool,
+    pub sort: Sort<SortKey>,
+    pub cluster_sort: Sort<ClusterSort>,
     /// The filter in force; the DLQ list in the snapshot may still be for an older one.
     pub filter: String,
+    /// The cluster the DLQ list is narrowed to, in force (as `filter`).
+    pub cluster: Option<ClusterKey>,
     /// While `/` is being typed: the text so far.
     pub filter_input: Option<String>,
     pub overlay: Overlay,
@@ -196,13 +286,15 @@ impl App {
             now,
             db: DbState::Connecting,
             snapshot: None,
+            clusters: None,
             panes: Panes {
                 focus: Pane::Dead,
                 selected: [0; Pane::ALL.len()],
             },
-            sort: SortKey::Dead,
-            descending: true,
+            sort: Sort::new(SortKey::Dead),
+            cluster_sort: Sort::new(ClusterSort::Count),
             filter: String::new(),
+            cluster: None,
             filter_input: None,
             overlay: Overlay::None,
             counting: None,
@@ -231,26 +323,49 @@ impl App {
         let by_name = |a: &&TypeCounts, b: &&TypeCounts| {
             (a.source.as_str(), a.event_type.as_str()).cmp(&(b.source.as_str(), &b.event_type))
         };
+        let sort = self.sort;
         rows.sort_by(|a, b| {
-            let primary = self.sort.value(a).cmp(&self.sort.value(b));
-            let order = if self.sort == SortKey::Name {
+            let order = if sort.by == SortKey::Name {
                 by_name(a, b)
             } else {
-                primary
-            };
-            let order = if self.descending {
-                order.reverse()
-            } else {
-                order
+                sort.by.value(a).cmp(&sort.by.value(b))
             };
             // Ties stay in name order whichever way the column goes, so rows do not jump.
-            if order == Ordering::Equal {
-                by_name(a, b)
-            } else {
-                order
-            }
+            sort.directed(order).then_with(|| by_name(a, b))
         });
         rows
+    }
+
+    /// The error clusters on screen: filtered like the event types, and sorted.
+    pub fn visible_clusters(&self) -> Vec<&Cluster> {
+        let needle = self.filter.trim().to_lowercase();
+        let mut rows: Vec<&Cluster> = self
+            .clusters
+            .iter()
+            .flatten()
+            .filter(|c| {
+                needle.is_empty()
+                    || [&c.source, &c.event_type, &c.fingerprint]
+                        .iter()
+                        .any(|field| field.to_lowercase().contains(&needle))
+            })
+            .collect();
+        let sort = self.cluster_sort;
+        rows.sort_by(|a, b| {
+            let by_name = (&a.source, &a.event_type, &a.fingerprint).cmp(&(
+                &b.source,
+                &b.event_type,
+                &b.fingerprint,
+            ));
+            sort.directed(sort.by.order(a, b)).then(by_name)
+        });
+        rows
+    }
+
+    pub fn selected_cluster(&self) -> Option<&Cluster> {
+        self.visible_clusters()
+            .get(self.panes.selected(Pane::Clusters))
+            .copied()
     }
 
     pub fn dead(&self) -> &[DeadEvent] {
@@ -285,6 +400,10 @@ impl App {
                 self.due_notifications()
             }
             Action::Snapshot(snapshot) => self.on_snapshot(*snapshot),
+            Action::Clusters(clusters) => {
+                self.keeping_selections(|app| app.clusters = Some(clusters));
+                Vec::new()
+            }
             Action::DbDown { since, error } => {
                 self.db = DbState::Down { since, error };
                 Vec::new()
@@ -351,16 +470,54 @@ impl App {
         vec![Effect::Quit]
     }
 
+    /// How many rows `pane` has on screen.
+    pub fn rows(&self, pane: Pane) -> usize {
+        self.row_keys(pane).len()
+    }
+
+    /// What identifies each row of `pane`, in screen order.
+    fn row_keys(&self, pane: Pane) -> Vec<RowKey> {
+        match pane {
+            Pane::Types => self
+                .visible_types()
+                .iter()
+                .map(|t| RowKey::Type(t.source.clone(), t.event_type.clone()))
+                .collect(),
+            Pane::Clusters => self
+                .visible_clusters()
+                .iter()
+                .map(|c| RowKey::Cluster(c.key()))
+                .collect(),
+            Pane::Dead => self.dead().iter().map(|e| RowKey::Event(e.id)).collect(),
+        }
+    }
+
+    /// Runs `change` on the data behind the panes, keeping each selection on its row: new
+    /// deaths push rows down, and `r` must retry what the user is looking at. A row that is
+    /// gone leaves the selection where it was, within bounds.
+    fn keeping_selections(&mut self, change: impl FnOnce(&mut Self)) {
+        let before: Vec<Option<RowKey>> = Pane::ALL
+            .iter()
+            .map(|&pane| {
+                self.row_keys(pane)
+                    .into_iter()
+                    .nth(self.panes.selected(pane))
+            })
+            .collect();
+        change(self);
+        for (&pane, key) in Pane::ALL.iter().zip(before) {
+            let keys = self.row_keys(pane);
+            let row = key
+                .and_then(|key| keys.iter().position(|k| *k == key))
+                .unwrap_or(self.panes.selected(pane))
+                .min(keys.len().saturating_sub(1));
+            self.panes.select(pane, row);
+        }
+    }
+
     fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<Effect> {
         self.now = self.now.max(snapshot.taken_at);
         self.db = DbState::Up;
-        // Selections follow the row, not the position: new deaths push rows down, and `r`
-        // must retry what the user is looking at.
-        let dead_id = self.selected_dead().map(|e| e.id);
-        let type_key = self
-            .visible_types()
-            .get(self.panes.selected(Pane::Types))
-            .map(|t| (t.source.clone(), t.event_type.clone()));
         self.alerts.dead.observe(
             self.now,
             &snapshot.recent_dead,
@@ -370,23 +527,7 @@ impl App {
             .alerts
             .rate
             .observe(snapshot.last_5m.event_success_rate());
-        self.snapshot = Some(snapshot);
-        let dead = self.dead();
-        let row = dead_id
-            .and_then(|id| dead.iter().position(|e| e.id == id))
-            .unwrap_or(self.panes.selected(Pane::Dead))
-            .min(dead.len().saturating_sub(1));
-        self.panes.select(Pane::Dead, row);
-        let types = self.visible_types();
-        let row = type_key
-            .and_then(|(s, t)| {
-                types
-                    .iter()
-                    .position(|r| r.source == s && r.event_type == t)
-            })
-            .unwrap_or(self.panes.selected(Pane::Types))
-            .min(types.len().saturating_sub(1));
-        self.panes.select(Pane::Types, row);
+        self.keeping_selections(|app| app.snapshot = Some(snapshot));
         let mut out = Vec::new();
         if self.settings.notify {
             out.extend(rate_alert.map(Effect::Notify));
@@ -470,8 +611,16 @@ impl App {
         match key {
             Key::Quit => return self.quit(),
             Key::Help => self.overlay = Overlay::Help,
-            Key::NextPane => self.panes.next(),
+            Key::NextPane => self.panes.step(1),
+            Key::PrevPane => self.panes.step(Pane::ALL.len() - 1),
             Key::Filter => self.filter_input = Some(self.filter.clone()),
+            Key::Escape if self.cluster.is_some() => {
+                self.cluster = None;
+                self.panes.select(Pane::Dead, 0);
+                self.panes.focus = Pane::Clusters;
+                self.say(Level::Info, "listing all dead events");
+                return vec![Effect::Command(Command::SetCluster(None))];
+            }
             Key::Escape if !self.filter.is_empty() => {
                 self.filter.clear();
                 self.say(Level::Info, "filter cleared");
@@ -480,27 +629,44 @@ impl App {
             Key::Escape => {
                 self.counting = None;
             }
+            // The clusters sort when they have the focus; otherwise the event types do, as
+            // they did before there were clusters.
+            Key::Sort | Key::Reverse if self.panes.focus == Pane::Clusters => {
+                if key == Key::Sort {
+                    self.cluster_sort.cycle();
+                } else {
+                    self.cluster_sort.reverse();
+                }
+                self.panes.select(Pane::Clusters, 0);
+            }
             Key::Sort => {
-                self.sort = self.sort.cycle();
-                self.descending = self.sort != SortKey::Name;
+                self.sort.cycle();
                 self.panes.select(Pane::Types, 0);
             }
             Key::Reverse => {
-                self.descending = !self.descending;
+                self.sort.reverse();
                 self.panes.select(Pane::Types, 0);
             }
-            Key::Open => {
-                if self.panes.focus != Pane::Dead {
+            Key::Open => match self.panes.focus {
+                Pane::Types => {
                     self.say(Level::Info, "Tab to the dead-letter queue to open an event");
-                } else if let Some(id) = self.selected_dead().map(|e| e.id) {
-                    self.overlay = Overlay::Detail(DetailView {
-                        id,
-                        detail: None,
-                        scroll: 0,
-                    });
-                    return vec![Effect::Command(Command::LoadDetail(id))];
                 }
-            }
+                Pane::Clusters => {
+                    if let Some(key) = self.selected_cluster().map(Cluster::key) {
+                        return self.list_cluster(key);
+                    }
+                }
+                Pane::Dead => {
+                    if let Some(id) = self.selected_dead().map(|e| e.id) {
+                        self.overlay = Overlay::Detail(DetailView {
+                            id,
+                            detail: None,
+                            scroll: 0,
+                        });
+                        return vec![Effect::Command(Command::LoadDetail(id))];
+                    }
+                }
+            },
             Key::Retry => {
                 if self.panes.focus != Pane::Dead {
                     self.say(Level::Info, "Tab to the dead-letter queue to pick an event");
@@ -515,6 +681,18 @@ impl App {
             Key::Move(to) => self.move_selection(to),
         }
         Vec::new()
+    }
+
+    /// Narrows the DLQ list to `key`'s events and moves there.
+    fn list_cluster(&mut self, key: ClusterKey) -> Vec<Effect> {
+        self.say(
+            Level::Info,
+            "listing the cluster's dead events · Esc lists all",
+        );
+        self.cluster = Some(key.clone());
+        self.panes.focus = Pane::Dead;
+        self.panes.select(Pane::Dead, 0);
+        vec![Effect::Command(Command::SetCluster(Some(key)))]
     }
 
     fn retry(&mut self, id: i64) -> Vec<Effect> {
@@ -538,10 +716,7 @@ impl App {
 
     fn move_selection(&mut self, to: Move) {
         let pane = self.panes.focus;
-        let len = match pane {
-            Pane::Types => self.visible_types().len(),
-            Pane::Dead => self.snapshot.as_ref().map_or(0, |s| s.dead.len()),
-        };
+        let len = self.rows(pane);
         let selected = self.panes.selected(pane);
         let last = len.saturating_sub(1);
         let row = match to {
@@ -563,15 +738,23 @@ impl App {
             KeyCode::Enter => {
                 self.filter = input.trim().to_owned();
                 self.filter_input = None;
-                self.panes.select(Pane::Dead, 0);
-                self.panes.select(Pane::Types, 0);
+                for pane in Pane::ALL {
+                    self.panes.select(pane, 0);
+                }
                 let text = if self.filter.is_empty() {
                     "filter cleared".to_owned()
                 } else {
                     format!("filter: {}", self.filter)
                 };
                 self.say(Level::Info, text);
-                return vec![Effect::Command(Command::SetFilter(self.filter.clone()))];
+                let mut out = vec![Effect::Command(Command::SetFilter(self.filter.clone()))];
+                // A new filter is what the user wants the DLQ to show now, so it replaces
+                // the cluster. The filter goes first: the refresh in between, if any, still
+                // shows the cluster rather than the old filter's list.
+                if self.cluster.take().is_some() {
+                    out.push(Effect::Command(Command::SetCluster(None)));
+                }
+                return out;
             }
             KeyCode::Esc => {
                 self.filter_input = None;
@@ -586,6 +769,14 @@ impl App {
         }
         Vec::new()
     }
+}
+
+/// What a row is, whatever its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RowKey {
+    Type(String, String),
+    Cluster(ClusterKey),
+    Event(i64),
 }
 
 fn scroll(at: u16, code: KeyCode) -> u16 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::Source;
+use common::db::clusters::{self, ClusterKey};
 use common::db::dlq::{self, DeadFilter};
 use common::db::events;
 use common::db::stats;
@@ -27,12 +28,19 @@ pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
 pub const DLQ_LIMIT: i64 = 200;
 /// Newest dead events checked for notifications, whatever the filter on screen.
 pub const RECENT_DEAD: i64 = 100;
+/// Error clusters read: the largest first, more causes than anyone triages at once.
+pub const CLUSTER_LIMIT: i64 = 100;
 /// Dead events older than this are what `p` purges.
 pub const PURGE_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
 /// The window of the success rate alert.
 pub const ALERT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 /// A refresh that takes longer than this counts as the database being unreachable.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Grouping dead events reads all of them, so it may take far longer than a refresh.
+const CLUSTERS_TIMEOUT: Duration = Duration::from_secs(60);
+/// The clusters are read again only after this many times as long as they took to read, so
+/// grouping a large DLQ keeps at most a fifth of one connection busy.
+const CLUSTERS_PAUSE_FACTOR: u32 = 4;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const LISTEN_RETRY: Duration = Duration::from_secs(2);
 /// The payload view stops here; a megabyte of JSON is not read on a terminal.
@@ -55,17 +63,23 @@ pub fn dead_filter(text: &str, limit: i64) -> DeadFilter {
 /// a database, and small, since it runs a handful of cheap queries.
 pub fn pool(options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
-        // One held by the listener, the rest let a refresh run its queries side by side.
-        .max_connections(4)
+        // One held by the listener, one by the clusters' read, the rest let a refresh run
+        // its queries side by side.
+        .max_connections(5)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options.application_name("hooktop"))
 }
 
 /// One full refresh: the exact queries the dashboard runs, also timed by `--bench-refresh`.
-pub async fn fetch(pool: &PgPool, filter: &str) -> sqlx::Result<Snapshot> {
+/// The DLQ list is `cluster`'s events when one is given, else those matching `filter`.
+pub async fn fetch(
+    pool: &PgPool,
+    filter: &str,
+    cluster: Option<&ClusterKey>,
+) -> sqlx::Result<Snapshot> {
     let started = Instant::now();
     let filtered = dead_filter(filter, DLQ_LIMIT);
-    let unfiltered = filter.trim().is_empty();
+    let unfiltered = filter.trim().is_empty() && cluster.is_none();
     let (queue, last_5m, last_hour, last_day, throughput) = tokio::try_join!(
         stats::queue(pool),
         stats::totals(pool, ALERT_WINDOW),
@@ -75,7 +89,12 @@ pub async fn fetch(pool: &PgPool, filter: &str) -> sqlx::Result<Snapshot> {
     )?;
     let (by_type, dead, recent_dead) = tokio::try_join!(
         stats::by_type(pool, chrono::TimeDelta::hours(24)),
-        dlq::list(pool, &filtered),
+        async {
+            match cluster {
+                Some(key) => clusters::events(pool, key, DLQ_LIMIT).await,
+                None => dlq::list(pool, &filtered).await,
+            }
+        },
         async {
             // Without a filter the list on screen already holds the newest dead events.
             if unfiltered {
@@ -101,6 +120,7 @@ pub async fn fetch(pool: &PgPool, filter: &str) -> sqlx::Result<Snapshot> {
         by_type,
         dead,
         filter: filter.to_owned(),
+        cluster: cluster.cloned(),
         recent_dead,
     })
 }
@@ -157,9 +177,16 @@ pub async fn run_with_fallback(
 ) {
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
+    let clusters_wake = Arc::new(Notify::new());
+    let clusters = tokio::spawn(refresh_clusters(
+        pool.clone(),
+        clusters_wake.clone(),
+        actions.clone(),
+    ));
     let mut fallback = tokio::time::interval(fallback_every);
     fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut filter = String::new();
+    let mut cluster = None;
     let mut down_since: Option<DateTime<Utc>> = None;
     let mut dirty = true;
     let mut next_allowed = Instant::now();
@@ -170,6 +197,10 @@ pub async fn run_with_fallback(
                 Some(Command::Refresh) => dirty = true,
                 Some(Command::SetFilter(text)) => {
                     filter = text;
+                    dirty = true;
+                }
+                Some(Command::SetCluster(key)) => {
+                    cluster = key;
                     dirty = true;
                 }
                 Some(other) => {
@@ -183,10 +214,13 @@ pub async fn run_with_fallback(
                 next_allowed = Instant::now() + MIN_REFRESH_GAP;
                 // An outage dates from the first attempt that failed, not from its timeout.
                 let attempted_at = Utc::now();
-                let result = tokio::time::timeout(REFRESH_TIMEOUT, fetch(&pool, &filter)).await;
+                let result =
+                    tokio::time::timeout(REFRESH_TIMEOUT, fetch(&pool, &filter, cluster.as_ref()))
+                        .await;
                 let action = match result {
                     Ok(Ok(snapshot)) => {
                         down_since = None;
+                        clusters_wake.notify_one();
                         Action::Snapshot(Box::new(snapshot))
                     }
                     Ok(Err(e)) => Action::DbDown {
@@ -205,6 +239,28 @@ pub async fn run_with_fallback(
         }
     }
     listener.abort();
+    clusters.abort();
+}
+
+/// Reads the error clusters after each refresh, apart from it: grouping every dead event is
+/// the one read whose cost grows with the DLQ, and the refresh must not wait on it. Wakes
+/// that come while a read runs or pauses make one more read, not one each.
+async fn refresh_clusters(pool: PgPool, wake: Arc<Notify>, actions: mpsc::UnboundedSender<Action>) {
+    loop {
+        wake.notified().await;
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(CLUSTERS_TIMEOUT, clusters::list(&pool, CLUSTER_LIMIT)).await;
+        // A failure leaves the clusters on screen as they were; the refresh says the
+        // database is down.
+        if let Ok(Ok(list)) = result
+            && actions.send(Action::Clusters(list)).is_err()
+        {
+            return;
+        }
+        let pause = started.elapsed() * CLUSTERS_PAUSE_FACTOR;
+        tokio::time::sleep(pause.max(MIN_REFRESH_GAP)).await;
+    }
 }
 
 async fn execute(
@@ -214,7 +270,7 @@ async fn execute(
     wake: Arc<Notify>,
 ) {
     let action = match command {
-        Command::Refresh | Command::SetFilter(_) => return,
+        Command::Refresh | Command::SetFilter(_) | Command::SetCluster(_) => return,
         Command::Retry(id) => Action::Retried {
             id,
             result: dlq::retry(&pool, id).await.map_err(|e| match e {
@@ -325,12 +381,12 @@ mod tests {
     #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn a_refresh_reads_the_filtered_list_and_the_newest_deaths(pool: PgPool) {
         seed(&pool).await;
-        let all = fetch(&pool, "").await.unwrap();
+        let all = fetch(&pool, "", None).await.unwrap();
         assert_eq!(all.queue.dead, 150);
         assert_eq!(all.dead.len(), 150);
         assert_eq!(all.recent_dead.len(), RECENT_DEAD as usize);
         assert_eq!(all.recent_dead[0].event_id, "evt_1", "newest first");
-        let some = fetch(&pool, "invoice").await.unwrap();
+        let some = fetch(&pool, "invoice", None).await.unwrap();
         assert_eq!(some.dead.len(), 75);
         assert!(some.dead.iter().all(|e| e.event_type == "invoice.paid"));
         assert_eq!(some.recent_dead.len(), RECENT_DEAD as usize, "unfiltered");
@@ -340,6 +396,54 @@ mod tests {
         assert_eq!(detail.payload, ["{}"]);
         assert!(detail.attempts.is_empty());
         assert!(super::detail(&pool, -1).await.unwrap().is_none());
+    }
+
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn a_cluster_takes_the_filter_s_place_in_the_list(pool: PgPool) {
+        seed(&pool).await;
+        let key = ClusterKey {
+            source: "stripe".into(),
+            event_type: "x.y".into(),
+            fingerprint: "boom <n>".into(),
+        };
+        let snapshot = fetch(&pool, "invoice", Some(&key)).await.unwrap();
+        assert_eq!(snapshot.dead.len(), 75);
+        assert!(snapshot.dead.iter().all(|e| e.event_type == "x.y"));
+        assert_eq!(snapshot.dead[0].event_id, "evt_1", "newest first");
+        assert_eq!(snapshot.cluster, Some(key));
+        assert_eq!(snapshot.recent_dead.len(), RECENT_DEAD as usize);
+        assert!(
+            snapshot
+                .recent_dead
+                .iter()
+                .any(|e| e.event_type == "invoice.paid"),
+            "notifications see every death, not the cluster's"
+        );
+    }
+
+    /// The clusters arrive after a refresh, in an action of their own.
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn the_clusters_follow_each_refresh(pool: PgPool) {
+        seed(&pool).await;
+        let (_commands, commands_rx) = mpsc::unbounded_channel();
+        let (actions, mut actions_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(pool.clone(), commands_rx, actions));
+        let clusters = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(Action::Clusters(list)) = actions_rx.recv().await {
+                    return list;
+                }
+            }
+        })
+        .await
+        .expect("clusters within 20 s");
+        let found: Vec<(&str, i64)> = clusters
+            .iter()
+            .map(|c| (c.event_type.as_str(), c.count))
+            .collect();
+        // As large, so the latest death comes first: x.y's evt_1.
+        assert_eq!(found, [("x.y", 75), ("invoice.paid", 75)]);
+        task.abort();
     }
 
     #[test]

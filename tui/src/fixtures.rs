@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::db::clusters::Cluster;
 use common::db::dlq::DeadEvent;
 use common::db::events::{Attempt, EventDetail};
 use common::db::stats::{Queue, Totals, TypeCounts};
@@ -56,6 +57,123 @@ pub fn dead(id: i64, died_secs_ago: i64, source: &str, event_type: &str, error: 
         received_at: ago(died_secs_ago + 90),
         dead_at: ago(died_secs_ago),
     }
+}
+
+/// A cluster of `count` events that died between `first` and `last` seconds ago.
+pub fn cluster(
+    source: &str,
+    event_type: &str,
+    fingerprint: &str,
+    count: i64,
+    (first, last): (i64, i64),
+    (sample_id, sample_error): (i64, &str),
+) -> Cluster {
+    Cluster {
+        source: source.into(),
+        event_type: event_type.into(),
+        fingerprint: fingerprint.into(),
+        count,
+        first_death: ago(first),
+        last_death: ago(last),
+        sample_id,
+        sample_error: Some(sample_error.into()),
+    }
+}
+
+/// The causes of [`snapshot`]'s dead events.
+pub fn clusters() -> Vec<Cluster> {
+    vec![
+        cluster(
+            "stripe",
+            "invoice.payment_failed",
+            "no business is linked to Stripe customer <id>",
+            1,
+            (75, 75),
+            (42, "no business is linked to Stripe customer cus_Q1"),
+        ),
+        cluster(
+            "telnyx",
+            "call.hangup",
+            "payload has no string at /data/payload/call_control_id",
+            1,
+            (3_700, 3_700),
+            (41, "payload has no string at /data/payload/call_control_id"),
+        ),
+        cluster(
+            "custom",
+            "order.created",
+            "forward: <n> Service Unavailable",
+            1,
+            (9 * 86_400, 9 * 86_400),
+            (17, "forward: 503 Service Unavailable"),
+        ),
+    ]
+}
+
+/// An incident: three causes whose orders by count, last death and first death all differ.
+pub fn incident_clusters() -> Vec<Cluster> {
+    vec![
+        cluster(
+            "stripe",
+            "invoice.payment_failed",
+            "no business is linked to Stripe customer <id>",
+            40,
+            (10_800, 75),
+            (42, "no business is linked to Stripe customer cus_Q1"),
+        ),
+        cluster(
+            "telnyx",
+            "call.hangup",
+            "payload has no string at /data/payload/call_control_id",
+            3,
+            (3_600, 20),
+            (41, "payload has no string at /data/payload/call_control_id"),
+        ),
+        cluster(
+            "custom",
+            "order.created",
+            "forward: <n> Service Unavailable",
+            2,
+            (9 * 86_400, 10),
+            (17, "forward: 503 Service Unavailable"),
+        ),
+    ]
+}
+
+/// An app at [`now`] in the middle of [`incident_clusters`].
+pub fn incident() -> App {
+    let mut app = App::new(
+        Settings {
+            color: false,
+            ..Settings::default()
+        },
+        now(),
+    );
+    let mut during = snapshot();
+    during.queue.dead = 45;
+    app.update(Action::Snapshot(Box::new(during)));
+    app.update(Action::Clusters(incident_clusters()));
+    app
+}
+
+/// The snapshot that answers listing the first of [`incident_clusters`].
+pub fn incident_cluster_snapshot() -> Snapshot {
+    let key = incident_clusters()[0].key();
+    let mut listed = snapshot();
+    listed.queue.dead = 45;
+    listed.dead = (0..40)
+        .map(|n| {
+            dead(
+                42 - n,
+                75 + 270 * n,
+                "stripe",
+                "invoice.payment_failed",
+                &format!("no business is linked to Stripe customer cus_Q{}", n + 1),
+            )
+        })
+        .collect();
+    listed.cluster = Some(key);
+    listed
 }
 
 pub fn snapshot() -> Snapshot {
@@ -129,6 +247,7 @@ pub fn snapshot() -> Snapshot {
         recent_dead: dead_events.clone(),
         dead: dead_events,
         filter: String::new(),
+        cluster: None,
     }
 }
 
@@ -175,10 +294,11 @@ pub fn detail() -> Detail {
     }
 }
 
-/// An app at [`now`] that has seen [`snapshot`].
+/// An app at [`now`] that has seen [`snapshot`] and [`clusters`].
 pub fn app_with(settings: Settings) -> App {
     let mut app = App::new(settings, now());
     app.update(Action::Snapshot(Box::new(snapshot())));
+    app.update(Action::Clusters(clusters()));
     app
 }
 

@@ -10,8 +10,9 @@ pub enum Key {
     Quit,
     Help,
     NextPane,
+    PrevPane,
     Filter,
-    /// Clear the filter, or drop a count that was asked for.
+    /// Leave a cluster's list, clear the filter, or drop a count that was asked for.
     Escape,
     Sort,
     Reverse,
@@ -65,16 +66,16 @@ pub const MAIN: &[Binding] = &[
     },
     Binding {
         keys: "Tab",
-        help: "switch between event types and dead letters",
+        help: "next pane: types, clusters, dead letters (Shift-Tab: back)",
         codes: &[
             (KeyCode::Tab, Key::NextPane),
-            (KeyCode::BackTab, Key::NextPane),
+            (KeyCode::BackTab, Key::PrevPane),
         ],
         hint: Some((2, "Tab", "pane")),
     },
     Binding {
         keys: "Enter",
-        help: "open the selected dead event: payload, error, attempts",
+        help: "open a dead event (payload, error, history) or a cluster's list",
         codes: &[(KeyCode::Enter, Key::Open)],
         hint: Some((3, "Enter", "open")),
     },
@@ -104,13 +105,13 @@ pub const MAIN: &[Binding] = &[
     },
     Binding {
         keys: "Esc",
-        help: "close an overlay, or clear the filter",
+        help: "close an overlay, leave a cluster's list, or clear the filter",
         codes: &[(KeyCode::Esc, Key::Escape)],
         hint: None,
     },
     Binding {
         keys: "s / S",
-        help: "sort event types by the next column / reverse",
+        help: "sort the types (clusters when focused): next column / reverse",
         codes: &[(ch('s'), Key::Sort), (ch('S'), Key::Reverse)],
         hint: Some((8, "s", "sort")),
     },

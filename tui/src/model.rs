@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::db::clusters::ClusterKey;
 use common::db::dlq::DeadEvent;
 use common::db::events::{Attempt, EventDetail};
 use common::db::stats::{Queue, Totals, TypeCounts};
@@ -23,10 +24,12 @@ pub struct Snapshot {
     pub throughput: Vec<(DateTime<Utc>, i64)>,
     /// Flow over the last 24 hours, with what is retrying and dead now.
     pub by_type: Vec<TypeCounts>,
-    /// The DLQ as filtered on screen, newest first.
+    /// The DLQ as filtered on screen (or one cluster of it), newest first.
     pub dead: Vec<DeadEvent>,
     /// The filter `dead` was read with.
     pub filter: String,
+    /// The cluster `dead` was read from, which takes the filter's place.
+    pub cluster: Option<ClusterKey>,
     /// The newest dead events regardless of the filter, for notifications.
     pub recent_dead: Vec<DeadEvent>,
 }

@@ -1,4 +1,5 @@
 use chrono::TimeDelta;
+use common::db::clusters::{Cluster, ClusterKey};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
@@ -368,18 +369,180 @@ fn s_cycles_the_sort_column_and_capital_s_reverses_it() {
         ]
     );
     app.update(ch('s'));
-    assert_eq!(app.sort, SortKey::Retrying);
+    assert_eq!(app.sort.by, SortKey::Retrying);
     assert_eq!(names(&app)[0], "order.created");
     app.update(ch('s'));
-    assert_eq!(app.sort, SortKey::Received);
+    assert_eq!(app.sort.by, SortKey::Received);
     assert_eq!(names(&app)[0], "call.hangup");
     app.update(ch('S'));
     assert_eq!(names(&app)[0], "invoice.payment_failed");
     for _ in 0..3 {
         app.update(ch('s'));
     }
-    assert_eq!((app.sort, app.descending), (SortKey::Name, false));
+    assert_eq!((app.sort.by, app.sort.descending), (SortKey::Name, false));
     assert_eq!(names(&app)[0], "order.created", "custom sorts first");
+}
+
+fn cluster_types(app: &App) -> Vec<&str> {
+    app.visible_clusters()
+        .iter()
+        .map(|c| c.event_type.as_str())
+        .collect()
+}
+
+#[test]
+fn tab_visits_the_three_panes_and_shift_tab_goes_back() {
+    let mut app = app();
+    let mut visited = Vec::new();
+    for _ in 0..3 {
+        app.update(key(KeyCode::Tab));
+        visited.push(app.panes.focus);
+    }
+    assert_eq!(visited, [Pane::Types, Pane::Clusters, Pane::Dead]);
+    app.update(key(KeyCode::BackTab));
+    assert_eq!(app.panes.focus, Pane::Clusters);
+    app.update(ch('j'));
+    assert_eq!(app.panes.selected(Pane::Clusters), 1);
+    assert_eq!(app.panes.selected(Pane::Dead), 0, "each pane has its own");
+}
+
+#[test]
+fn s_in_the_clusters_pane_cycles_count_last_and_first_death() {
+    let mut app = fixtures::incident();
+    assert_eq!(
+        cluster_types(&app),
+        ["invoice.payment_failed", "call.hangup", "order.created"],
+        "largest first"
+    );
+    // Outside the clusters, `s` still sorts the event types.
+    app.update(ch('s'));
+    assert_eq!(
+        (app.sort.by, app.cluster_sort.by),
+        (SortKey::Retrying, ClusterSort::Count)
+    );
+    app.update(key(KeyCode::BackTab));
+    app.update(ch('j'));
+    app.update(ch('s'));
+    assert_eq!(app.cluster_sort.by, ClusterSort::LastDeath);
+    assert_eq!(app.sort.by, SortKey::Retrying, "the types keep theirs");
+    assert_eq!(app.panes.selected(Pane::Clusters), 0, "back to the top");
+    assert_eq!(
+        cluster_types(&app),
+        ["order.created", "call.hangup", "invoice.payment_failed"],
+        "the latest death first"
+    );
+    app.update(ch('s'));
+    assert_eq!(app.cluster_sort.by, ClusterSort::FirstDeath);
+    assert_eq!(
+        cluster_types(&app),
+        ["call.hangup", "invoice.payment_failed", "order.created"],
+        "the newest cause first"
+    );
+    app.update(ch('S'));
+    assert_eq!(
+        cluster_types(&app),
+        ["order.created", "invoice.payment_failed", "call.hangup"],
+        "the oldest cause first"
+    );
+    app.update(ch('s'));
+    assert_eq!(
+        app.cluster_sort,
+        Sort::new(ClusterSort::Count),
+        "round again, largest first"
+    );
+}
+
+#[test]
+fn enter_on_a_cluster_lists_its_events_and_esc_lists_all_again() {
+    let mut app = fixtures::incident();
+    app.filter = "o".into();
+    app.update(key(KeyCode::BackTab));
+    app.update(ch('j'));
+    let telnyx = ClusterKey {
+        source: "telnyx".into(),
+        event_type: "call.hangup".into(),
+        fingerprint: "payload has no string at /data/payload/call_control_id".into(),
+    };
+    assert_eq!(
+        app.selected_cluster().map(Cluster::key),
+        Some(telnyx.clone())
+    );
+    assert_eq!(
+        commands(app.update(key(KeyCode::Enter))),
+        [Command::SetCluster(Some(telnyx.clone()))]
+    );
+    assert_eq!(app.cluster, Some(telnyx));
+    assert_eq!(app.panes.focus, Pane::Dead, "the list is where to act");
+    assert!(status(&app).ends_with("Esc lists all"), "{}", status(&app));
+    // Until the list arrives `r` acts on what is on screen, which is what the user sees.
+    assert_eq!(commands(app.update(ch('r'))), [Command::Retry(42)]);
+
+    assert_eq!(
+        commands(app.update(key(KeyCode::Esc))),
+        [Command::SetCluster(None)]
+    );
+    assert_eq!(app.cluster, None);
+    assert_eq!(app.panes.focus, Pane::Clusters, "back where it came from");
+    assert_eq!(app.filter, "o", "the first Esc leaves the filter alone");
+    assert_eq!(
+        commands(app.update(key(KeyCode::Esc))),
+        [Command::SetFilter(String::new())]
+    );
+}
+
+#[test]
+fn enter_on_no_cluster_does_nothing() {
+    let mut app = app();
+    app.update(Action::Clusters(Vec::new()));
+    app.update(key(KeyCode::BackTab));
+    assert!(app.update(key(KeyCode::Enter)).is_empty());
+    assert_eq!(
+        (app.cluster.as_ref(), app.panes.focus),
+        (None, Pane::Clusters)
+    );
+}
+
+#[test]
+fn a_new_filter_replaces_the_cluster() {
+    let mut app = fixtures::incident();
+    app.update(key(KeyCode::BackTab));
+    app.update(key(KeyCode::Enter));
+    app.update(ch('/'));
+    app.update(ch('x'));
+    assert_eq!(
+        commands(app.update(key(KeyCode::Enter))),
+        [Command::SetFilter("x".into()), Command::SetCluster(None)]
+    );
+    assert_eq!(app.cluster, None);
+}
+
+#[test]
+fn the_filter_narrows_the_clusters_too() {
+    let mut app = fixtures::incident();
+    app.filter = "customer".into();
+    assert_eq!(cluster_types(&app), ["invoice.payment_failed"], "by cause");
+    app.filter = "TELNYX".into();
+    assert_eq!(cluster_types(&app), ["call.hangup"], "by source");
+}
+
+#[test]
+fn the_cluster_selection_follows_its_cluster() {
+    let mut app = fixtures::incident();
+    app.update(key(KeyCode::BackTab));
+    app.update(ch('G'));
+    assert_eq!(
+        app.selected_cluster().map(|c| c.event_type.as_str()),
+        Some("order.created")
+    );
+    // The forwarding errors pile up past the others.
+    let mut next = fixtures::incident_clusters();
+    next[2].count = 400;
+    app.update(Action::Clusters(next));
+    assert_eq!(app.panes.selected(Pane::Clusters), 0);
+    assert_eq!(
+        app.selected_cluster().map(|c| c.event_type.as_str()),
+        Some("order.created")
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use ratatui::widgets::{
     Widget, Wrap,
 };
 
-use crate::app::{App, DbState, DetailView, Level, Overlay, Pane};
+use crate::app::{App, Column, DbState, DetailView, Level, Overlay, Pane, Sort};
 use crate::keymap;
 use crate::model::{Bulk, Detail};
 
@@ -60,9 +60,10 @@ impl Widget for &App {
         let theme = Theme {
             color: self.settings.color,
         };
-        let [header, stats, types, dead, status] = Layout::vertical([
+        let [header, stats, types, clusters, dead, status] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(6),
+            Constraint::Fill(2),
             Constraint::Fill(2),
             Constraint::Fill(3),
             Constraint::Length(1),
@@ -71,6 +72,7 @@ impl Widget for &App {
         render_header(self, theme, header, buf);
         render_stats(self, theme, stats, buf);
         render_types(self, theme, types, buf);
+        render_clusters(self, theme, clusters, buf);
         render_dead(self, theme, dead, buf);
         render_status(self, theme, status, buf);
         let above_status = Rect {
@@ -100,7 +102,7 @@ use format::one_line;
 use header::{render_header, render_stats};
 use overlays::{render_confirm, render_detail, render_help};
 use status::render_status;
-use tables::{render_dead, render_types};
+use tables::{render_clusters, render_dead, render_types};
 
 fn pane_block<'a>(app: &App, theme: Theme, pane: Pane, title: String) -> Block<'a> {
     let focused = app.panes.focus == pane;
@@ -117,6 +119,11 @@ fn pane_block<'a>(app: &App, theme: Theme, pane: Pane, title: String) -> Block<'
             Style::new()
         })
         .title(Span::styled(format!("{marker}{title}"), style))
+}
+
+/// The sort of a pane, at the right of its title.
+fn sort_title<C: Column>(sort: Sort<C>) -> Line<'static> {
+    Line::from(format!(" sort: {} {} ", sort.by.label(), sort.arrow())).right_aligned()
 }
 
 fn right(text: String) -> Cell<'static> {

@@ -1,24 +1,49 @@
-//! The two panes: event types, and the dead-letter queue.
+//! The panes: event types, error clusters, and the dead-letter queue.
 
 use super::*;
 
+/// What a pane's table shows; [`PaneTable::render`] draws every pane the same way.
+struct PaneTable<'a> {
+    pane: Pane,
+    block: Block<'a>,
+    header: Vec<Cell<'a>>,
+    widths: Vec<Constraint>,
+    rows: Vec<Row<'a>>,
+    /// Said under the header when there are no rows.
+    placeholder: (&'a str, Style),
+}
+
+impl PaneTable<'_> {
+    /// The selection is drawn only in the pane that has the focus.
+    fn render(self, app: &App, area: Rect, buf: &mut Buffer) {
+        let empty = self.rows.is_empty();
+        let table = Table::new(self.rows, self.widths)
+            .header(Row::new(self.header).style(Style::new().add_modifier(Modifier::BOLD)))
+            .block(self.block)
+            .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+            .highlight_symbol("> ")
+            .highlight_spacing(ratatui::widgets::HighlightSpacing::Always);
+        let selected =
+            (app.panes.focus == self.pane && !empty).then_some(app.panes.selected(self.pane));
+        let mut state = TableState::default().with_selected(selected);
+        StatefulWidget::render(table, area, buf, &mut state);
+        if empty {
+            let (text, style) = self.placeholder;
+            render_placeholder(area, text, style, buf);
+        }
+    }
+}
+
+/// "3m ago": when something happened, for a narrow column.
+fn ago(app: &App, at: DateTime<Utc>) -> String {
+    format!("{} ago", short_age((app.now - at).num_seconds()))
+}
+
 pub(super) fn render_types(app: &App, theme: Theme, area: Rect, buf: &mut Buffer) {
-    let rows = app.visible_types();
     let mut title = " Event types · 24 h (retry, dead: now) ".to_owned();
     if !app.filter.is_empty() {
         title.push_str(&format!("· filter \"{}\" ", app.filter));
     }
-    let arrow = if app.descending { "▼" } else { "▲" };
-    let block = pane_block(app, theme, Pane::Types, title)
-        .title_top(Line::from(format!(" sort: {} {arrow} ", app.sort.label())).right_aligned());
-    let header = Row::new(
-        ["source", "type"].into_iter().map(Cell::from).chain(
-            ["recv", "ok", "skip", "retry", "dead"]
-                .into_iter()
-                .map(|h| right(h.to_owned())),
-        ),
-    )
-    .style(Style::new().add_modifier(Modifier::BOLD));
     let placeholder = if app.snapshot.is_none() {
         "loading…"
     } else if app.filter.is_empty() {
@@ -26,7 +51,8 @@ pub(super) fn render_types(app: &App, theme: Theme, area: Rect, buf: &mut Buffer
     } else {
         "no event type matches the filter"
     };
-    let body: Vec<Row> = rows
+    let rows = app
+        .visible_types()
         .iter()
         .map(|t| {
             Row::new([
@@ -40,10 +66,19 @@ pub(super) fn render_types(app: &App, theme: Theme, area: Rect, buf: &mut Buffer
             ])
         })
         .collect();
-    let empty = body.is_empty();
-    let table = Table::new(
-        body,
-        [
+    PaneTable {
+        pane: Pane::Types,
+        block: pane_block(app, theme, Pane::Types, title).title_top(sort_title(app.sort)),
+        header: ["source", "type"]
+            .into_iter()
+            .map(Cell::from)
+            .chain(
+                ["recv", "ok", "skip", "retry", "dead"]
+                    .into_iter()
+                    .map(|h| right(h.to_owned())),
+            )
+            .collect(),
+        widths: vec![
             Constraint::Length(6),
             Constraint::Fill(1),
             Constraint::Length(7),
@@ -52,61 +87,101 @@ pub(super) fn render_types(app: &App, theme: Theme, area: Rect, buf: &mut Buffer
             Constraint::Length(6),
             Constraint::Length(6),
         ],
-    )
-    .header(header)
-    .block(block)
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-    .highlight_symbol("> ")
-    .highlight_spacing(ratatui::widgets::HighlightSpacing::Always);
-    let selected =
-        (app.panes.focus == Pane::Types && !empty).then_some(app.panes.selected(Pane::Types));
-    let mut state = TableState::default().with_selected(selected);
-    StatefulWidget::render(table, area, buf, &mut state);
-    if empty {
-        render_placeholder(area, placeholder, theme.dim(), buf);
+        rows,
+        placeholder: (placeholder, theme.dim()),
     }
+    .render(app, area, buf);
+}
+
+pub(super) fn render_clusters(app: &App, theme: Theme, area: Rect, buf: &mut Buffer) {
+    let clusters = app.visible_clusters();
+    let mut title = format!(" Error clusters · {} causes ", clusters.len());
+    if !app.filter.is_empty() {
+        title.push_str(&format!("· filter \"{}\" ", app.filter));
+    }
+    let placeholder = match &app.clusters {
+        None => ("loading…", theme.dim()),
+        Some(_) if app.filter.is_empty() => ("no dead events", theme.good()),
+        Some(_) => ("no cluster matches the filter", theme.dim()),
+    };
+    let rows = clusters
+        .iter()
+        .map(|c| {
+            Row::new([
+                right(count(c.count)).style(theme.bad()),
+                Cell::from(c.source.clone()),
+                Cell::from(c.event_type.clone()),
+                Cell::from(ago(app, c.first_death)),
+                Cell::from(ago(app, c.last_death)),
+                Cell::from(one_line(c.sample_error.as_deref().unwrap_or(""))).style(theme.bad()),
+            ])
+        })
+        .collect();
+    PaneTable {
+        pane: Pane::Clusters,
+        block: pane_block(app, theme, Pane::Clusters, title)
+            .title_top(sort_title(app.cluster_sort)),
+        header: vec![
+            right("dead".to_owned()),
+            Cell::from("source"),
+            Cell::from("type"),
+            Cell::from("first"),
+            Cell::from("last"),
+            Cell::from("latest error"),
+        ],
+        // Counts and ages are at most 5 and 7 wide; what is left goes to the error.
+        widths: vec![
+            Constraint::Length(5),
+            Constraint::Length(6),
+            Constraint::Max(30),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Fill(1),
+        ],
+        rows,
+        placeholder,
+    }
+    .render(app, area, buf);
 }
 
 pub(super) fn render_dead(app: &App, theme: Theme, area: Rect, buf: &mut Buffer) {
     let dead = app.dead();
     let total = app.snapshot.as_ref().map_or(0, |s| s.queue.dead);
     let shown_filter = app.snapshot.as_ref().map_or("", |s| s.filter.as_str());
-    let title = if shown_filter.is_empty() {
-        format!(
+    let shown_cluster = app.snapshot.as_ref().and_then(|s| s.cluster.as_ref());
+    let title = match shown_cluster {
+        // What matters most first: a long cause is cut at the pane's edge.
+        Some(c) => format!(
+            " Dead letters · {} of a cluster (Esc: all {}) · {} {} \"{}\" ",
+            dead.len(),
+            total,
+            c.source,
+            c.event_type,
+            c.fingerprint
+        ),
+        None if shown_filter.is_empty() => format!(
             " Dead letters · {} of {} · newest first ",
             dead.len(),
             total
-        )
-    } else {
-        format!(
+        ),
+        None => format!(
             " Dead letters · {} matching \"{}\" of {} ",
             dead.len(),
             shown_filter,
             total
-        )
+        ),
     };
-    let block = pane_block(app, theme, Pane::Dead, title);
-    let header = Row::new([
-        Cell::from("died"),
-        Cell::from("source"),
-        Cell::from("type"),
-        right("att".to_owned()),
-        Cell::from("last error"),
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
-    let (placeholder, placeholder_style) = match (&app.snapshot, shown_filter.is_empty()) {
-        (None, _) => ("loading…", theme.dim()),
-        (Some(_), true) => ("the dead-letter queue is empty", theme.good()),
-        (Some(_), false) => ("no dead event matches the filter", theme.dim()),
+    let placeholder = match (&app.snapshot, shown_filter.is_empty(), shown_cluster) {
+        (None, _, _) => ("loading…", theme.dim()),
+        (Some(_), _, Some(_)) => ("none of this cluster is dead any more", theme.good()),
+        (Some(_), true, None) => ("the dead-letter queue is empty", theme.good()),
+        (Some(_), false, None) => ("no dead event matches the filter", theme.dim()),
     };
-    let body: Vec<Row> = dead
+    let rows = dead
         .iter()
         .map(|e| {
             Row::new([
-                Cell::from(format!(
-                    "{} ago",
-                    short_age((app.now - e.dead_at).num_seconds())
-                )),
+                Cell::from(ago(app, e.dead_at)),
                 Cell::from(e.source.clone()),
                 Cell::from(e.event_type.clone()),
                 right(e.attempts.to_string()),
@@ -114,26 +189,25 @@ pub(super) fn render_dead(app: &App, theme: Theme, area: Rect, buf: &mut Buffer)
             ])
         })
         .collect();
-    let table = Table::new(
-        body,
-        [
+    PaneTable {
+        pane: Pane::Dead,
+        block: pane_block(app, theme, Pane::Dead, title),
+        header: vec![
+            Cell::from("died"),
+            Cell::from("source"),
+            Cell::from("type"),
+            right("att".to_owned()),
+            Cell::from("last error"),
+        ],
+        widths: vec![
             Constraint::Length(8),
             Constraint::Length(6),
             Constraint::Max(30),
             Constraint::Length(3),
             Constraint::Fill(1),
         ],
-    )
-    .header(header)
-    .block(block)
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-    .highlight_symbol("> ")
-    .highlight_spacing(ratatui::widgets::HighlightSpacing::Always);
-    let selected = (app.panes.focus == Pane::Dead && !dead.is_empty())
-        .then_some(app.panes.selected(Pane::Dead));
-    let mut state = TableState::default().with_selected(selected);
-    StatefulWidget::render(table, area, buf, &mut state);
-    if dead.is_empty() {
-        render_placeholder(area, placeholder, placeholder_style, buf);
+        rows,
+        placeholder,
     }
+    .render(app, area, buf);
 }

@@ -73,6 +73,25 @@ fn database_down_filter_typing_and_notification_note() {
 }
 
 #[test]
+fn clusters_pane_sorted_by_last_death() {
+    let mut app = fixtures::incident();
+    app.update(key(KeyCode::BackTab));
+    app.update(ch('s'));
+    insta::assert_snapshot!(draw(&app, 100, 32).backend());
+}
+
+#[test]
+fn a_cluster_s_dead_events() {
+    let mut app = fixtures::incident();
+    app.update(key(KeyCode::BackTab));
+    app.update(key(KeyCode::Enter));
+    app.update(Action::Snapshot(Box::new(
+        fixtures::incident_cluster_snapshot(),
+    )));
+    insta::assert_snapshot!(draw(&app, 100, 32).backend());
+}
+
+#[test]
 fn colours_carry_meaning_and_no_color_removes_them_all() {
     let coloured = fixtures::app_with(Settings::default());
     let terminal = draw(&coloured, 80, 24);
