@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::Source;
+use common::db::clusters;
 use common::db::dlq::{self, DeadFilter};
 use serde_json::json;
 use sqlx::PgPool;
@@ -56,6 +57,14 @@ pub enum DlqCommand {
         #[arg(long = "type")]
         event_type: Option<String>,
         #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead events grouped by source, type and cause, the largest groups first.
+    Clusters {
+        /// At most this many groups.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=500))]
         limit: i64,
         #[arg(long)]
         json: bool,
@@ -146,6 +155,34 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
                         e.attempts,
                         e.dead_at.format("%Y-%m-%d %H:%M:%S"),
                         e.last_error.unwrap_or_default().replace('\n', " "),
+                    ));
+                }
+                out.trim_end().to_owned()
+            }
+        }
+        DlqCommand::Clusters { limit, json } => {
+            let found = clusters::list(pool, limit).await?;
+            if json {
+                serde_json::to_string_pretty(&found)?
+            } else if found.is_empty() {
+                "the dead-letter queue is empty".to_owned()
+            } else {
+                // The sample is an event to `dlq retry` or look up; the cause is what its
+                // error has in common with the rest.
+                let mut out = format!(
+                    "{:>8}  {:<6}  {:<32}  {:<20}  {:<20}  {:>8}  cause\n",
+                    "count", "source", "type", "first death", "last death", "sample"
+                );
+                for c in found {
+                    out.push_str(&format!(
+                        "{:>8}  {:<6}  {:<32}  {:<20}  {:<20}  {:>8}  {}\n",
+                        c.count,
+                        c.source,
+                        c.event_type,
+                        c.first_death.format("%Y-%m-%d %H:%M:%S"),
+                        c.last_death.format("%Y-%m-%d %H:%M:%S"),
+                        c.sample_id,
+                        c.fingerprint.replace('\n', " "),
                     ));
                 }
                 out.trim_end().to_owned()

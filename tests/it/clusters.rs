@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use common::MIGRATOR;
 use common::db::clusters;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::harness::{Hookd, backlog, config, count, now, stripe_event, wait_for};
+use crate::processes::hookd_cli;
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn fingerprints_keep_the_cause_and_drop_what_varies(pool: PgPool) {
@@ -189,4 +190,84 @@ async fn a_cluster_lists_its_own_dead_events_newest_first(pool: PgPool) {
         ids(clusters::events(&pool, &key, 10).await.unwrap()),
         [2, 3, 4]
     );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
+    let (ok, out, err) = hookd_cli(&pool, &["dlq", "clusters"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "the dead-letter queue is empty");
+    one_cluster_and_its_neighbours(&pool).await;
+
+    let (ok, out, err) = hookd_cli(&pool, &["dlq", "clusters", "--json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let listed = listed.as_array().expect("an array of clusters");
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(
+        listed[0],
+        json!({
+            "source": "stripe",
+            "event_type": "invoice.paid",
+            "fingerprint": "no business is linked to Stripe customer <id>",
+            "count": 4,
+            "first_death": listed[0]["first_death"],
+            "last_death": listed[0]["last_death"],
+            "sample_id": 4,
+            "sample_error": "no business is linked to Stripe customer cus_4",
+        })
+    );
+    let died = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(listed[0][field].as_str().unwrap()).unwrap()
+    };
+    let span = died("last_death") - died("first_death");
+    assert_eq!(
+        span.num_minutes(),
+        3 * 60,
+        "events 4 to 1 died an hour apart"
+    );
+    assert!(
+        listed[1..].iter().all(|c| c["count"] == 1),
+        "each neighbour is a cluster of its own: {listed:?}"
+    );
+
+    let (ok, out, err) = hookd_cli(&pool, &["dlq", "clusters", "--limit", "1"]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "a header and one cluster:\n{out}");
+    assert_eq!(
+        lines[0],
+        [
+            "count",
+            "source",
+            "type",
+            "first death",
+            "last death",
+            "sample",
+            "cause"
+        ]
+    );
+    assert_eq!(
+        [lines[1][..3].to_vec(), lines[1][5..].to_vec()].concat(),
+        [
+            "4",
+            "stripe",
+            "invoice.paid",
+            "4",
+            "no business is linked to Stripe customer <id>"
+        ],
+        "{out}"
+    );
+
+    let (ok, _, err) = hookd_cli(&pool, &["dlq", "clusters", "--limit", "0"]);
+    assert!(!ok);
+    assert!(err.contains("0 is not in 1..=500"), "{err}");
 }

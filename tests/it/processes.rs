@@ -153,7 +153,9 @@ async fn sigterm_drains_and_exits_cleanly(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM audit_logs").await, done);
 }
 
-fn hookd_cli(pool: &PgPool, args: &[&str]) -> (bool, String, String) {
+/// Runs the hookd binary with `args` on the test database: whether it succeeded, its output
+/// and its errors.
+pub fn hookd_cli(pool: &PgPool, args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(hookd_bin())
         .args(args)
         .env_clear()
