@@ -9,7 +9,7 @@ use common::db::clusters;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{Hookd, backlog, config, count, now, stripe_event, wait_for};
+use crate::harness::{Hookd, Process, backlog, config, count, now, stripe_event, wait_for};
 use crate::processes::hookd_cli;
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -270,4 +270,59 @@ async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
     let (ok, _, err) = hookd_cli(&pool, &["dlq", "clusters", "--limit", "0"]);
     assert!(!ok);
     assert!(err.contains("0 is not in 1..=500"), "{err}");
+}
+
+const TOKEN: &str = "clusters-tests-admin-token-of-at-least-32-bytes";
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_admin_api_lists_the_clusters_to_token_holders(pool: PgPool) {
+    one_cluster_and_its_neighbours(&pool).await;
+    let hookd = Process::spawn(
+        &pool,
+        &[("HOOKD_ADMIN_TOKEN", TOKEN), ("HOOKD_WORKERS", "0")],
+    )
+    .ready()
+    .await;
+    let client = reqwest::Client::new();
+    let get = |query: &'static str, token: Option<&'static str>| {
+        let mut request = client.get(format!(
+            "http://127.0.0.1:{}/api/webhooks/dlq/clusters{query}",
+            hookd.port
+        ));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, body) = get("", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = get("", Some("a-wrong-token-that-is-also-long-enough")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.to_string().contains("no business"), "{body}");
+
+    let (status, body) = get("", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let (ok, out, err) = hookd_cli(&pool, &["dlq", "clusters", "--json"]);
+    assert!(ok, "{err}");
+    let cli: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        body,
+        json!({ "clusters": cli }),
+        "the CLI prints what the API answers"
+    );
+
+    let (status, body) = get("?limit=2", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["clusters"].as_array().unwrap().len(), 2);
+    assert_eq!(body["clusters"][0]["count"], 4, "the largest first");
+    for bad in ["?limit=0", "?limit=501", "?limit=many"] {
+        let (status, body) = get(bad, Some(TOKEN)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
 }

@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use common::Source;
+use common::db::clusters::{self, Cluster};
 use common::db::dlq::{self, DeadEvent, DeadFilter, DlqError};
 use common::db::stats;
 use secrecy::ExposeSecret;
@@ -142,12 +143,7 @@ pub async fn list_dead(
         .map(str::parse::<Source>)
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.limit)?;
     let filter = DeadFilter {
         source,
         event_type: query.event_type,
@@ -163,6 +159,65 @@ pub async fn list_dead(
         failed_webhooks: events,
         next_before_id: next,
     }))
+}
+
+/// The `limit` of a listing: 50 unless asked, at most [`MAX_PAGE`].
+fn page_limit(asked: Option<i64>) -> Result<i64, ApiError> {
+    let limit = asked.unwrap_or(50);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClustersQuery {
+    /// Clusters in the answer, the largest first.
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    limit: Option<i64>,
+}
+
+/// The dead events grouped by why they died.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Clusters {
+    /// The largest first, then the most recent.
+    clusters: Vec<Cluster>,
+}
+
+/// List error clusters
+///
+/// The dead events grouped by source, event type and the fingerprint of their last error
+/// (ids, numbers, timestamps and quoted values normalised away), each with its count, first
+/// and last death, and one event as a sample.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/dlq/clusters",
+    tag = "dlq",
+    params(ClustersQuery),
+    responses(
+        (status = 200, description = "The clusters", body = Clusters,
+            example = json!({"clusters": [{
+                "source": "stripe", "event_type": "invoice.payment_succeeded",
+                "fingerprint": "no business is linked to Stripe customer <id>", "count": 41,
+                "first_death": "2026-12-02T01:12:09Z", "last_death": "2026-12-02T03:04:51Z",
+                "sample_id": 5082,
+                "sample_error": "no business is linked to Stripe customer cus_Q1",
+            }]})),
+        (status = 400, description = "The limit is invalid", body = ErrorBody),
+    )
+)]
+pub async fn list_clusters(
+    State(state): State<AppState>,
+    query: Result<Query<ClustersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sorted<Clusters>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = page_limit(query.limit)?;
+    let clusters = clusters::list(state.pool(), limit).await?;
+    Ok(Sorted(Clusters { clusters }))
 }
 
 /// Either `{"webhook_id": N}` or `{"retry_all": true}`.

@@ -109,6 +109,7 @@ fn source_of(path: &str) -> Option<common::Source> {
 fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(admin::list_dead, admin::retry, admin::purge))
+        .routes(routes!(admin::list_clusters))
         .routes(routes!(admin::analytics))
         .routes(routes!(admin::metrics))
         .routes(routes!(openapi::serve))
