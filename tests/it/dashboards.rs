@@ -50,7 +50,7 @@ const PANELS: [(&str, &str); 9] = [
     ("Rejected by reason", "hookd_webhooks_rejected_total"),
 ];
 
-/// promtool from PATH. CI installs it (scripts/test.sh), so there its absence is a failure;
+/// promtool from PATH. CI installs it (`cargo xtask test`), so there its absence is a failure;
 /// elsewhere the test says it skipped, since Debian's `prometheus` package is a large install
 /// to ask of every developer.
 fn promtool() -> Option<PathBuf> {

@@ -22,7 +22,7 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// Whether `cargo deb` runs. CI installs it (scripts/test.sh), so there its absence is a
+/// Whether `cargo deb` runs. CI installs it (`cargo xtask test`), so there its absence is a
 /// failure; elsewhere the test says it skipped.
 fn cargo_deb_installed() -> bool {
     let found = Command::new(cargo())
