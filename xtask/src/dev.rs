@@ -70,7 +70,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     eprintln!("\nDATABASE_URL={url}");
     if let Some(cluster) = &cluster {
         let stop = cluster.ctl(&["stop", "-m", "fast"]);
-        eprintln!("    trust auth on 127.0.0.1 only; stop the cluster with:\n    {stop:?}");
+        let words: Vec<_> = std::iter::once(stop.get_program())
+            .chain(stop.get_args())
+            .map(|word| word.to_string_lossy())
+            .collect();
+        eprintln!(
+            "    trust auth on 127.0.0.1 only; it keeps running after hookd. Stop it with:\n    {}",
+            words.join(" ")
+        );
     }
     eprintln!(
         "\nIn another terminal:\n    cd {} && source .hookd-dev/secrets.env && {} send stripe \
