@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::Source;
-use common::db::clusters;
 use common::db::dlq::{self, DeadFilter};
+use common::db::{clusters, events};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -34,6 +34,9 @@ pub enum Command {
     /// Inspect and recover the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Look up stored events, in any state.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Print fresh random development secrets as shell `export` lines.
     #[command(hide = true)]
     DevSecrets,
@@ -87,6 +90,17 @@ pub enum DlqCommand {
         /// Purge even with an age under 1h.
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// One event with its attempt history, by hookd's id or the provider's event id.
+    Show {
+        /// hookd's numeric id, or the provider's event id (evt_..., a Telnyx UUID, msg_...).
+        key: String,
         #[arg(long)]
         json: bool,
     },
@@ -228,6 +242,66 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
             }
         }
     })
+}
+
+/// Runs an `events` subcommand and returns what to print; an unknown key is an error.
+pub async fn events(pool: &PgPool, command: EventsCommand) -> anyhow::Result<String> {
+    let EventsCommand::Show { key, json } = command;
+    let found = events::find(pool, &key).await?;
+    if found.is_empty() {
+        anyhow::bail!("no stored event has the id or provider event id {key:?}");
+    }
+    let mut shown = Vec::with_capacity(found.len());
+    for event in found {
+        let attempts = events::attempts(pool, event.id).await?;
+        shown.push((event, attempts));
+    }
+    if json {
+        let all: Vec<_> = shown
+            .iter()
+            .map(|(event, attempts)| json!({ "event": event, "attempts": attempts }))
+            .collect();
+        return Ok(serde_json::to_string_pretty(&all)?);
+    }
+    let mut out = String::new();
+    for (e, attempts) in shown {
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or("-".to_owned(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+            })
+        };
+        out.push_str(&format!(
+            "event {}: {} {} ({})\n  state      {} after {} attempt(s)\n  received   {}\n  \
+             processed  {}\n  died       {}\n",
+            e.id,
+            e.source,
+            e.event_type,
+            e.event_id,
+            e.state,
+            e.attempts,
+            time(Some(e.received_at)),
+            time(e.processed_at),
+            time(e.dead_at),
+        ));
+        if let Some(error) = &e.last_error {
+            out.push_str(&format!("  last error {}\n", error.replace('\n', " ")));
+        }
+        for a in &attempts {
+            out.push_str(&format!(
+                "  attempt {:>2}  {}  {:>6} ms  {:<9}  {}\n",
+                a.attempt,
+                a.started_at.format("%Y-%m-%d %H:%M:%S"),
+                a.duration_ms,
+                a.outcome,
+                a.error.as_deref().unwrap_or("").replace('\n', " "),
+            ));
+        }
+        out.push_str(&format!(
+            "  payload\n{}\n\n",
+            serde_json::to_string_pretty(&e.payload)?
+        ));
+    }
+    Ok(out.trim_end().to_owned())
 }
 
 #[cfg(test)]

@@ -26,6 +26,12 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The small pool an operator's command needs, on hookd's schema.
+fn tool_pool(sources: &Sources) -> anyhow::Result<sqlx::PgPool> {
+    let settings = hookd::PoolSettings::tool(config::schema(sources)?, 2);
+    hookd::pool(&config::database_url(sources)?, &settings)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     // Needs no configuration: it is run to regenerate docs/openapi.json, anywhere.
@@ -58,10 +64,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => {
-            let schema = config::schema(&sources)?;
-            let settings = hookd::PoolSettings::tool(schema.clone(), 2);
-            let pool = hookd::pool(&config::database_url(&sources)?, &settings)?;
+            let pool = tool_pool(&sources)?;
             println!("{}", hookd::cli::dlq(&pool, command).await?);
+            Ok(())
+        }
+        Command::Events(command) => {
+            let pool = tool_pool(&sources)?;
+            println!("{}", hookd::cli::events(&pool, command).await?);
             Ok(())
         }
         Command::DevSecrets => {

@@ -225,12 +225,102 @@ async fn the_on_call_story_unknown_customer_dies_then_retry_succeeds(pool: PgPoo
             .await
             .unwrap();
     assert_eq!(outcomes, ["failed", "dead", "succeeded"]);
+    // Found by the id in Stripe's dashboard, with that whole history.
+    let (ok, out, err) = hookd_cli(&pool, &["events", "show", "evt_new_customer"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "event {id}: stripe customer.subscription.created (evt_new_customer)\n  \
+             state      succeeded after 1 attempt(s)"
+        )),
+        "{out}"
+    );
+    for line in [
+        "failed     no business is linked",
+        "dead       no business is linked",
+        "succeeded",
+    ] {
+        assert!(out.contains(line), "{line:?} not in\n{out}");
+    }
 
     let (ok, _, err) = hookd_cli(&pool, &["dlq", "retry", &id.to_string()]);
     assert!(!ok);
     assert_eq!(
         err.trim(),
         format!("hookd: event {id} is succeeded, not dead")
+    );
+}
+
+/// `hookd events show` finds an event in any state by hookd's id or by the provider's, and
+/// every source's event that has that provider id.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn events_show_finds_any_event_by_either_id(pool: PgPool) {
+    let body = r#"{"type":"user.signed_up","data":{}}"#;
+    let pending = store(
+        &pool,
+        common::Source::Custom,
+        "msg_pending",
+        "user.signed_up",
+        body,
+    )
+    .await;
+    let numeric = store(
+        &pool,
+        common::Source::Custom,
+        "987654",
+        "user.signed_up",
+        body,
+    )
+    .await;
+    let custom = store(
+        &pool,
+        common::Source::Custom,
+        "shared-1",
+        "user.signed_up",
+        body,
+    )
+    .await;
+    let telnyx = store(
+        &pool,
+        common::Source::Telnyx,
+        "shared-1",
+        "call.hangup",
+        body,
+    )
+    .await;
+    let shown = |key: &str| {
+        let (ok, out, err) = hookd_cli(&pool, &["events", "show", key, "--json"]);
+        assert!(ok, "{key}: {err}");
+        let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+        found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"]["id"].as_i64().unwrap(),
+                    e["event"]["state"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shown("msg_pending"), [(pending, json!("pending"))]);
+    assert_eq!(shown(&pending.to_string()), [(pending, json!("pending"))]);
+    assert_eq!(
+        shown("987654"),
+        [(numeric, json!("pending"))],
+        "a numeric provider id"
+    );
+    assert_eq!(
+        shown("shared-1"),
+        [(custom, json!("pending")), (telnyx, json!("pending"))]
+    );
+
+    let (ok, _, err) = hookd_cli(&pool, &["events", "show", "evt_nobody"]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        r#"hookd: no stored event has the id or provider event id "evt_nobody""#
     );
 }
 

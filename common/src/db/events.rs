@@ -427,3 +427,34 @@ pub async fn attempts(pool: &PgPool, id: i64) -> sqlx::Result<Vec<Attempt>> {
     .fetch_all(pool)
     .await
 }
+
+/// The events `key` names, in any state: the one whose `id` it is, else those whose provider
+/// event id it is (one per source that sent it). What an engineer has at hand is usually the
+/// provider's id (`evt_...`, a Telnyx UUID), from a provider dashboard or a log line.
+pub async fn find(pool: &PgPool, key: &str) -> sqlx::Result<Vec<EventDetail>> {
+    // The keys table is indexed by (source, event_id) only; a loose index scan walks its few
+    // distinct sources, then looks the id up under each, so no index is added to the insert
+    // path for an operator's occasional lookup.
+    sqlx::query_as(
+        "WITH RECURSIVE sources(source) AS (
+             (SELECT source FROM event_keys ORDER BY source LIMIT 1)
+             UNION ALL
+             SELECT (SELECT k.source FROM event_keys k WHERE k.source > s.source
+                     ORDER BY k.source LIMIT 1)
+             FROM sources s WHERE s.source IS NOT NULL
+         ),
+         ids AS (
+             SELECT id FROM events WHERE id = (CASE WHEN $1 ~ '^[0-9]{1,18}$' THEN $1::bigint END)
+             UNION
+             SELECT k.id FROM sources s JOIN event_keys k
+                 ON k.source = s.source AND k.event_id = $1
+         )
+         SELECT e.id, e.source, e.event_id, e.event_type, e.state, e.attempts, e.last_error,
+                e.received_at, e.processed_at, e.dead_at, e.payload
+         FROM ids JOIN events e USING (id)
+         ORDER BY e.id",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await
+}
