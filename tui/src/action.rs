@@ -42,6 +42,11 @@ pub enum Action {
         id: i64,
         result: Result<Option<Box<Detail>>, String>,
     },
+    /// The events of any state that [`Command::Find`]'s text names, by id or provider id.
+    Found {
+        key: String,
+        result: Result<Vec<i64>, String>,
+    },
     NotifyFailed(String),
     /// SIGTERM, SIGINT or SIGHUP.
     Quit,
@@ -59,6 +64,8 @@ pub enum Command {
     Count(Bulk),
     Run(Bulk),
     LoadDetail(i64),
+    /// Look the filter's text up as an event id, in any state (not only dead events).
+    Find(String),
 }
 
 /// What [`crate::app::App::update`] asks for.

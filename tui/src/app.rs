@@ -457,11 +457,43 @@ impl App {
                 }
                 Vec::new()
             }
+            Action::Found { key, result } => self.on_found(&key, result),
             Action::NotifyFailed(reason) => {
                 self.notify_note = Some(reason);
                 Vec::new()
             }
             Action::Quit => self.quit(),
+        }
+    }
+
+    /// Opens the event a filter named, unless the user has moved on since (another filter,
+    /// an overlay of their own).
+    fn on_found(&mut self, key: &str, result: Result<Vec<i64>, String>) -> Vec<Effect> {
+        if key != self.filter || !matches!(self.overlay, Overlay::None) {
+            return Vec::new();
+        }
+        match result.as_deref() {
+            Ok([]) => Vec::new(),
+            Ok(ids) => {
+                let id = ids[0];
+                if ids.len() > 1 {
+                    let n = ids.len();
+                    self.say(
+                        Level::Info,
+                        format!("{n} events have the id {key}; showing event {id}"),
+                    );
+                }
+                self.overlay = Overlay::Detail(DetailView {
+                    id,
+                    detail: None,
+                    scroll: 0,
+                });
+                vec![Effect::Command(Command::LoadDetail(id))]
+            }
+            Err(e) => {
+                self.say(Level::Error, format!("looking up {key}: {e}"));
+                Vec::new()
+            }
         }
     }
 
@@ -753,6 +785,11 @@ impl App {
                 // shows the cluster rather than the old filter's list.
                 if self.cluster.take().is_some() {
                     out.push(Effect::Command(Command::SetCluster(None)));
+                }
+                // The text may be an event's id from a provider's dashboard or a log: that
+                // event is shown whatever its state, dead or not.
+                if !self.filter.is_empty() {
+                    out.push(Effect::Command(Command::Find(self.filter.clone())));
                 }
                 return out;
             }

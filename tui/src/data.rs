@@ -301,6 +301,13 @@ async fn execute(
                 result: result.map_err(|e| describe(&e)),
             }
         }
+        Command::Find(key) => Action::Found {
+            result: events::find(&pool, &key)
+                .await
+                .map(|found| found.iter().map(|e| e.id).collect())
+                .map_err(|e| describe(&e)),
+            key,
+        },
         Command::LoadDetail(id) => Action::Detail {
             id,
             result: detail(&pool, id)
@@ -396,6 +403,36 @@ mod tests {
         assert_eq!(detail.payload, ["{}"]);
         assert!(detail.attempts.is_empty());
         assert!(super::detail(&pool, -1).await.unwrap().is_none());
+    }
+
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn find_names_events_of_any_state_by_provider_id(pool: PgPool) {
+        seed(&pool).await;
+        sqlx::query(
+            "UPDATE events SET state = 'succeeded', dead_at = NULL WHERE event_id = 'evt_3'",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let find = |key: &str| {
+            let (actions, mut answers) = mpsc::unbounded_channel();
+            let pool = pool.clone();
+            let key = key.to_owned();
+            async move {
+                execute(pool, Command::Find(key), actions, Arc::new(Notify::new())).await;
+                match answers.recv().await {
+                    Some(Action::Found { result, .. }) => result.unwrap(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let succeeded: i64 = sqlx::query_scalar("SELECT id FROM events WHERE event_id = 'evt_3'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(find("evt_3").await, [succeeded]);
+        assert_eq!(find(&succeeded.to_string()).await, [succeeded]);
+        assert!(find("evt_").await.is_empty(), "exact, not a prefix");
     }
 
     #[sqlx::test(migrator = "common::MIGRATOR")]

@@ -99,7 +99,7 @@ pub const MAIN: &[Binding] = &[
     },
     Binding {
         keys: "/",
-        help: "filter by type, source or text (Enter applies)",
+        help: "filter by type, source or text, or open any event by its id",
         codes: &[(ch('/'), Key::Filter)],
         hint: Some((7, "/", "filter")),
     },

@@ -347,6 +347,9 @@ async fn hooktop_in_tmux_shows_the_database_retries_and_purges(pool: PgPool) {
     tmux.text("evt_late").await;
     tmux.wait_for_text("filter: evt_late").await;
     tmux.keys(&["Enter"]).await;
+    // An event's own id opens it, dead or not; closed, the filtered list is behind it.
+    tmux.wait_for_text("event id   evt_late").await;
+    tmux.keys(&["Escape"]).await;
     tmux.wait_for_text("1 matching \"evt_late\" of 3").await;
     tmux.keys(&["r"]).await;
     tmux.wait_for_text("retried event").await;

@@ -263,7 +263,10 @@ fn filter_is_typed_applied_and_sent_to_the_database() {
     let effects = app.update(key(KeyCode::Enter));
     assert_eq!(
         commands(effects),
-        [Command::SetFilter("invoice".to_owned())]
+        [
+            Command::SetFilter("invoice".to_owned()),
+            Command::Find("invoice".to_owned())
+        ]
     );
     assert_eq!(app.filter, "invoice");
     let shown: Vec<&str> = app
@@ -278,6 +281,44 @@ fn filter_is_typed_applied_and_sent_to_the_database() {
         "Esc clears an active filter"
     );
     assert_eq!(app.visible_types().len(), 4);
+}
+
+#[test]
+fn a_filter_that_names_an_event_opens_it_whatever_its_state() {
+    let mut app = app();
+    app.update(ch('/'));
+    for c in "evt_paid".chars() {
+        app.update(ch(c));
+    }
+    app.update(key(KeyCode::Enter));
+    let found = |key: &str, result| Action::Found {
+        key: key.to_owned(),
+        result,
+    };
+    assert!(
+        app.update(found("evt_old", Ok(vec![5]))).is_empty(),
+        "the answer to an earlier filter is dropped"
+    );
+    assert!(matches!(app.overlay, Overlay::None));
+    assert!(app.update(found("evt_paid", Ok(vec![]))).is_empty());
+    assert!(
+        matches!(app.overlay, Overlay::None),
+        "no such event: the filter stands"
+    );
+
+    assert_eq!(
+        commands(app.update(found("evt_paid", Ok(vec![7, 9])))),
+        [Command::LoadDetail(7)]
+    );
+    assert!(matches!(&app.overlay, Overlay::Detail(view) if view.id == 7));
+    assert_eq!(
+        status(&app),
+        "2 events have the id evt_paid; showing event 7"
+    );
+    assert!(
+        app.update(found("evt_paid", Ok(vec![7]))).is_empty(),
+        "an open overlay is left alone"
+    );
 }
 
 #[test]
@@ -511,7 +552,11 @@ fn a_new_filter_replaces_the_cluster() {
     app.update(ch('x'));
     assert_eq!(
         commands(app.update(key(KeyCode::Enter))),
-        [Command::SetFilter("x".into()), Command::SetCluster(None)]
+        [
+            Command::SetFilter("x".into()),
+            Command::SetCluster(None),
+            Command::Find("x".into())
+        ]
     );
     assert_eq!(app.cluster, None);
 }
