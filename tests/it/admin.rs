@@ -39,8 +39,10 @@ async fn call(
     )
 }
 
-const ROUTES: [(&str, &str); 6] = [
+const ROUTES: [(&str, &str); 8] = [
     ("GET", "/api/webhooks/dlq"),
+    ("GET", "/api/webhooks/dlq/clusters"),
+    ("GET", "/api/openapi.json"),
     ("POST", "/api/webhooks/dlq"),
     ("DELETE", "/api/webhooks/dlq?older_than=7d"),
     ("GET", "/api/webhooks/analytics"),
