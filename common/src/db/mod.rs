@@ -1,5 +1,6 @@
 //! Storage: every statement hookd and hooktop run lives under this module.
 
+pub mod bulk;
 pub mod business;
 pub mod clusters;
 pub mod dlq;

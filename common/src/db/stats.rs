@@ -19,31 +19,57 @@ pub struct Counted<'a> {
 
 /// Adds a batch's outcomes to the per-minute counters, in the batch's transaction.
 pub async fn count_outcomes(conn: &mut PgConnection, outcomes: &[Counted<'_>]) -> sqlx::Result<()> {
-    if outcomes.is_empty() {
-        return Ok(());
-    }
     let sources: Vec<&str> = outcomes.iter().map(|o| o.source.as_str()).collect();
     let types: Vec<&str> = outcomes.iter().map(|o| o.event_type).collect();
     let kinds: Vec<&str> = outcomes.iter().map(|o| o.outcome.as_str()).collect();
+    count(conn, &sources, &types, &kinds, &vec![None; outcomes.len()]).await
+}
+
+/// Adds outcomes to the counters of the minutes they happened in, for loads of history
+/// (see [`super::bulk`]).
+pub async fn count_outcomes_at(
+    conn: &mut PgConnection,
+    outcomes: &[(Counted<'_>, DateTime<Utc>)],
+) -> sqlx::Result<()> {
+    let sources: Vec<&str> = outcomes.iter().map(|(o, _)| o.source.as_str()).collect();
+    let types: Vec<&str> = outcomes.iter().map(|(o, _)| o.event_type).collect();
+    let kinds: Vec<&str> = outcomes.iter().map(|(o, _)| o.outcome.as_str()).collect();
+    let at: Vec<Option<DateTime<Utc>>> = outcomes.iter().map(|(_, at)| Some(*at)).collect();
+    count(conn, &sources, &types, &kinds, &at).await
+}
+
+/// One upsert per minute, source and type; an outcome without a time counts now.
+async fn count(
+    conn: &mut PgConnection,
+    sources: &[&str],
+    types: &[&str],
+    kinds: &[&str],
+    at: &[Option<DateTime<Utc>>],
+) -> sqlx::Result<()> {
+    if sources.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO stats_minute (bucket, source, event_type, shard, succeeded, skipped, failed, dead)
-         SELECT date_trunc('minute', now()), source, event_type, hookd_counter_shard(),
+         SELECT date_trunc('minute', COALESCE(at, now())), source, event_type, hookd_counter_shard(),
                 count(*) FILTER (WHERE outcome = 'succeeded'),
                 count(*) FILTER (WHERE outcome = 'skipped'),
                 count(*) FILTER (WHERE outcome = 'failed'),
                 count(*) FILTER (WHERE outcome = 'dead')
-         FROM unnest($1::text[], $2::text[], $3::text[]) AS o(source, event_type, outcome)
-         GROUP BY source, event_type
-         ORDER BY source, event_type
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+              AS o(source, event_type, outcome, at)
+         GROUP BY 1, source, event_type
+         ORDER BY 1, source, event_type
          ON CONFLICT (bucket, source, event_type, shard) DO UPDATE SET
              succeeded = stats_minute.succeeded + EXCLUDED.succeeded,
              skipped = stats_minute.skipped + EXCLUDED.skipped,
              failed = stats_minute.failed + EXCLUDED.failed,
              dead = stats_minute.dead + EXCLUDED.dead",
     )
-    .bind(&sources)
-    .bind(&types)
-    .bind(&kinds)
+    .bind(sources)
+    .bind(types)
+    .bind(kinds)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
