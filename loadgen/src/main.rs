@@ -5,20 +5,21 @@
 //! loadgen run --url ... -c 32 -d 20s --rate 1500                     # open loop, fixed rate
 //! loadgen run --url ... -n 10000 --mix stripe=1,telnyx=2 --json      # a count, JSON report
 //! loadgen refresh-bench --runs 20                                    # hooktop's refresh, timed
+//! loadgen bench --quick                                              # every target, side by side
 //! ```
 //! Secrets come from the same variables hookd reads (`TELNYX_SIGNING_KEY` is the private seed
 //! whose public half hookd has as `TELNYX_PUBLIC_KEY`). With `DATABASE_URL`, the bench
 //! businesses are created first and every acknowledged event is looked up afterwards.
 
+mod bench;
 mod db;
+mod drive;
 mod payload;
 mod run;
 
-use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,9 @@ enum Command {
     RefreshBench(RefreshArgs),
     /// Store a backlog of pending events (the bodies `run` sends) for the workers to drain.
     SeedBacklog(SeedArgs),
+    /// DESIGN.md's performance targets side by side on a private, durable PostgreSQL cluster:
+    /// pgbench baseline, ingest, half load, receive-only, drain, hooktop refresh, purge, memory.
+    Bench(Box<bench::Args>),
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(*args).await,
+        Command::Bench(args) => bench::main(*args).await,
         Command::RefreshBench(args) => {
             let pool = db::pool(&args.database_url, 4).await?;
             let report = db::refresh_bench(&pool, args.runs).await?;
@@ -176,61 +181,28 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `http://host:port` -> the address to connect to and the Host header.
-fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
-    let uri: hyper::Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--url must be http://host:port (hookd serves plain HTTP behind a proxy)");
-    }
-    let host = uri.host().context("--url has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let addr = (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
-    Ok((addr, format!("{host}:{port}")))
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mix = payload::parse_mix(&args.mix)?;
-    let keys = payload::Keys::new(
-        args.stripe_secret.as_deref(),
-        args.telnyx_signing_key.as_deref(),
-        args.custom_secret.as_deref(),
-    )?;
-    keys.check(&mix)?;
-    let (addr, host) = target(&args.url)?;
     let duration = match (args.duration, args.requests) {
         (None, None) => Some(Duration::from_secs(10)),
         (d, _) => d,
     };
-
-    let pool = match &args.database_url {
-        Some(url) => Some(db::pool(url, 2).await?),
-        None => None,
-    };
-    let business_ids = match &pool {
-        Some(pool) => db::ensure_businesses(pool, args.businesses).await?,
-        None => Vec::new(),
-    };
-    let ids = payload::Ids::new();
-    let generator = payload::Generator {
-        keys,
-        ids: ids.clone(),
-        businesses: args.businesses,
-        business_ids,
-    };
-    let plan = run::Plan {
-        addr,
-        host,
+    let load = drive::Load {
+        url: args.url,
         connections: args.connections,
         duration,
         requests: args.requests,
         rate: args.rate,
         warmup: args.warmup,
         timeout: args.timeout,
-        mix,
+        mix: payload::parse_mix(&args.mix)?,
+        businesses: args.businesses,
+        secrets: drive::Secrets {
+            stripe: args.stripe_secret,
+            telnyx_seed: args.telnyx_signing_key,
+            custom: args.custom_secret,
+        },
+        database_url: args.database_url,
+        check: !args.no_check,
     };
 
     // Ctrl-C or SIGTERM stop sending; what was sent is still reported and checked.
@@ -253,12 +225,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let mut report = run::run(plan, generator, stop).await?;
-    if let (Some(pool), false) = (&pool, args.no_check) {
-        report.found = db::count_stored(pool, &ids, &report.acked_ids).await?;
-        report.missing = report.acked.saturating_sub(report.found);
-        report.checked = true;
-    }
+    let report = drive::load(load, stop).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -12,7 +12,7 @@ use hookd::config::Sources;
 use hookd::providers::{Outgoing, Registry};
 
 /// The businesses the payloads refer to: `cus_loadgen_K`, `sub_loadgen_K` and phone
-/// `+1555030KKKK` for K in 0..count. `scripts/bench.sh` seeds the same ones for the drain.
+/// `+1555030KKKK` for K in 0..count. `loadgen bench` seeds the same ones for the drain.
 pub fn business_customer(k: u64) -> String {
     format!("cus_loadgen_{k}")
 }

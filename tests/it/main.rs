@@ -3,6 +3,7 @@
 
 mod admin;
 mod badinput;
+mod bench;
 mod clusters;
 mod dashboards;
 mod dlq;
