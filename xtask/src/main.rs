@@ -2,10 +2,12 @@
 //!
 //! - `cargo xtask test [CARGO TEST ARGS] [-- HARNESS ARGS]`: the whole suite as CI runs it.
 //! - `cargo xtask dev [HOOKD SERVE ARGS]`: hookd against a local development cluster.
+//! - `cargo xtask bench [LOADGEN BENCH ARGS]`: the performance targets, on release binaries.
 //!
 //! They are Rust, not bash, so that the cluster handling is the one the tests and the
 //! benchmark use (the `pgcluster` crate).
 
+mod bench;
 mod dev;
 mod test;
 
@@ -40,6 +42,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Builds the release binaries and runs `loadgen bench` with them: DESIGN.md's performance
+    /// targets side by side with pgbench on a private, durable cluster (docs/BENCHMARKS.md).
+    Bench {
+        /// Arguments for `loadgen bench` (`--quick`, `--only`, `--runs`, `--help`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
     let done = match cli.command {
         Task::Test { args } => test::run(&args),
         Task::Dev { args } => dev::run(&args),
+        Task::Bench { args } => bench::run(&args),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
