@@ -19,5 +19,6 @@ mod processes;
 mod processing;
 mod providers;
 mod runbook;
+mod selection;
 mod systemd;
 mod upgrade;

@@ -149,7 +149,7 @@ pub async fn retry_all(pool: &PgPool) -> sqlx::Result<u64> {
     }
 }
 
-async fn revive(conn: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<u64> {
+pub(super) async fn revive(conn: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE events
          SET state = 'pending', attempts = 0, next_attempt_at = now(), dead_at = NULL,

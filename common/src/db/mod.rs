@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod events;
 pub mod liveness;
 pub mod schema;
+pub mod selection;
 pub mod stats;
 
 pub use sqlx::PgPool;
