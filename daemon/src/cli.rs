@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::Source;
 use common::db::dlq::{self, DeadFilter};
+use common::db::selection::{self, Preview, Selection, Token, Verdict};
 use common::db::{clusters, events};
 use serde_json::json;
 use sqlx::PgPool;
@@ -78,8 +79,26 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send every dead event back to the queue.
+    /// Send dead events back to the queue: all of them, or those a filter or a cluster
+    /// selects. What is retried is exactly what the preview counted: events that die after
+    /// it are left dead, and those retried meanwhile are skipped and reported.
     RetryAll {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Print the preview (count, breakdown by type, token) and change nothing.
+        #[arg(long, conflicts_with = "token")]
+        dry_run: bool,
+        /// Act on exactly the set a `--dry-run` previewed.
+        #[arg(long, conflicts_with_all = ["source", "event_type", "matching", "cluster"])]
+        token: Option<String>,
+        /// Retry only this many of the newest first, watch them until hookd has processed
+        /// them, and print the token for the rest when they all succeeded.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1000),
+              conflicts_with = "dry_run")]
+        canary: Option<i64>,
+        /// How long to watch a canary before giving up.
+        #[arg(long, value_parser = parse_age, default_value = "2m")]
+        canary_timeout: Duration,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +112,37 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which dead events a bulk retry is for; none of them: all.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SelectionArgs {
+    #[arg(long)]
+    source: Option<Source>,
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Case-insensitive text in the event type, provider event id or last error.
+    #[arg(long = "match", value_name = "TEXT")]
+    matching: Option<String>,
+    /// The error cluster of this dead event (a `sample` of `hookd dlq clusters`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["source", "event_type", "matching"])]
+    cluster: Option<i64>,
+}
+
+impl SelectionArgs {
+    async fn resolve(self, pool: &PgPool) -> anyhow::Result<Selection> {
+        if let Some(id) = self.cluster {
+            let key = clusters::key_of(pool, id)
+                .await?
+                .with_context(|| format!("event {id} is not dead, so it names no cluster"))?;
+            return Ok(Selection::cluster(&key));
+        }
+        Ok(Selection::matching(
+            self.source,
+            self.event_type,
+            self.matching,
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,12 +260,32 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
                 format!("event {id} sent back to the queue")
             }
         }
-        DlqCommand::RetryAll { json } => {
-            let n = dlq::retry_all(pool).await?;
+        DlqCommand::RetryAll {
+            selection: chosen,
+            dry_run,
+            token,
+            canary,
+            canary_timeout,
+            json,
+        } => {
+            let token = match token {
+                Some(text) => Token::decode(&text)?,
+                None => {
+                    let preview = selection::preview(pool, &chosen.resolve(pool).await?).await?;
+                    if dry_run {
+                        return show_preview(&preview, json);
+                    }
+                    preview.token
+                }
+            };
+            if let Some(n) = canary {
+                return canary_run(pool, &token, n, canary_timeout, json).await;
+            }
+            let done = selection::retry(pool, &token).await?;
             if json {
-                json!({ "retried": n }).to_string()
+                serde_json::to_string(&done)?
             } else {
-                format!("retried {n} events")
+                format!("{done} ({})", token.selection.describe())
             }
         }
         DlqCommand::Purge {
@@ -242,6 +312,114 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
             }
         }
     })
+}
+
+fn show_preview(preview: &Preview, json: bool) -> anyhow::Result<String> {
+    let token = preview.token.encode();
+    if json {
+        return Ok(json!({
+            "selection": preview.token.selection,
+            "count": preview.count(),
+            "by_type": preview.by_type,
+            "token": token,
+        })
+        .to_string());
+    }
+    let mut out = format!(
+        "{} {}: {}\n",
+        preview.count(),
+        if preview.count() == 1 { "is" } else { "are" },
+        preview.token.selection.describe()
+    );
+    for t in &preview.by_type {
+        out.push_str(&format!(
+            "{:>8}  {:<6}  {}\n",
+            t.count, t.source, t.event_type
+        ));
+    }
+    out.push_str(&format!(
+        "nothing was changed; to retry exactly these:\n  hookd dlq retry-all --token {token}"
+    ));
+    Ok(out)
+}
+
+/// Retries `n` of the token's events, follows them until hookd has processed each (progress
+/// on stderr), and stops there: the rest only when every canary succeeded.
+async fn canary_run(
+    pool: &PgPool,
+    token: &Token,
+    n: i64,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<String> {
+    let ids = selection::canary(pool, token, n).await?;
+    if ids.is_empty() {
+        anyhow::bail!("no event of the preview is still dead: nothing to try");
+    }
+    eprintln!(
+        "canary: retried {} of the {} previewed ({:?}); waiting for hookd to process them",
+        ids.len(),
+        token.count,
+        ids
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut shown = String::new();
+    let (verdict, progress) = loop {
+        let progress = selection::states(pool, &ids).await?;
+        let verdict = selection::verdict(&ids, &progress);
+        let line: Vec<String> = progress
+            .iter()
+            .map(|p| format!("{} {}", p.id, p.state))
+            .collect();
+        let line = line.join(", ");
+        if line != shown {
+            eprintln!("canary: {line}");
+            shown = line;
+        }
+        if verdict != Verdict::Running || tokio::time::Instant::now() >= deadline {
+            break (verdict, progress);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let rest = token.encode();
+    if json {
+        return Ok(json!({
+            "canary": progress,
+            "verdict": verdict,
+            "token": (verdict == Verdict::Succeeded).then_some(rest),
+        })
+        .to_string());
+    }
+    match verdict {
+        Verdict::Succeeded => Ok(format!(
+            "canary succeeded: all {} were processed; to retry the other {} of the preview:\n  \
+             hookd dlq retry-all --token {rest}",
+            ids.len(),
+            (token.count - ids.len() as i64).max(0)
+        )),
+        Verdict::Failed => {
+            let failed: Vec<String> = progress
+                .iter()
+                .filter(|p| p.failed())
+                .map(|p| {
+                    format!(
+                        "  {} {}: {}",
+                        p.id,
+                        p.state,
+                        p.last_error.as_deref().unwrap_or("").replace('\n', " ")
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "canary failed again; the rest was not retried:\n{}",
+                failed.join("\n")
+            )
+        }
+        Verdict::Running => anyhow::bail!(
+            "canary still not processed after {}; the rest was not retried (is hookd running?)",
+            humantime::format_duration(timeout)
+        ),
+    }
 }
 
 /// Runs an `events` subcommand and returns what to print; an unknown key is an error.

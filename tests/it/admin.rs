@@ -39,11 +39,12 @@ async fn call(
     )
 }
 
-const ROUTES: [(&str, &str); 8] = [
+const ROUTES: [(&str, &str); 9] = [
     ("GET", "/api/webhooks/dlq"),
     ("GET", "/api/webhooks/dlq/clusters"),
     ("GET", "/api/openapi.json"),
     ("POST", "/api/webhooks/dlq"),
+    ("POST", "/api/webhooks/dlq/preview"),
     ("DELETE", "/api/webhooks/dlq?older_than=7d"),
     ("GET", "/api/webhooks/analytics"),
     ("GET", "/metrics"),
@@ -54,7 +55,10 @@ const ROUTES: [(&str, &str); 8] = [
 async fn every_admin_route_needs_the_token(pool: PgPool) {
     let hookd = admin_hookd(&pool, &[]).await;
     for (method, path) in ROUTES {
-        let body = (method == "POST").then(|| json!({"retry_all": true}));
+        let body = match path {
+            "/api/webhooks/dlq/preview" => Some(json!({"selection": {"kind": "all"}})),
+            _ => (method == "POST").then(|| json!({"retry_all": true})),
+        };
         let (none, reply) = call(&hookd, method, path, None, body.clone()).await;
         let (wrong, _) = call(&hookd, method, path, Some("not-the-token"), body.clone()).await;
         let (right, _) = call(&hookd, method, path, Some(TOKEN), body).await;
@@ -169,7 +173,7 @@ async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
     assert_eq!(retry(json!({"drop": "table"})).await.0, 400);
     assert_eq!(
         retry(json!({"retry_all": true})).await,
-        (200, json!({"retried": 3}))
+        (200, json!({"previewed": 3, "retried": 3, "skipped": 0}))
     );
 
     kill(&pool, &ids[1..]).await;

@@ -113,3 +113,21 @@ pub async fn fingerprint(pool: &PgPool, error: &str) -> sqlx::Result<String> {
         .fetch_one(pool)
         .await
 }
+
+/// The cluster dead event `id` belongs to (`None` when it is not dead): how the command line
+/// names a cluster, by the sample `hookd dlq clusters` prints.
+pub async fn key_of(pool: &PgPool, id: i64) -> sqlx::Result<Option<ClusterKey>> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT source, event_type,
+                coalesce(error_fingerprint, hookd_error_fingerprint(last_error))
+         FROM events WHERE id = $1 AND state = 'dead'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(source, event_type, fingerprint)| ClusterKey {
+        source,
+        event_type,
+        fingerprint,
+    }))
+}

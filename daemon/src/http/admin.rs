@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use common::Source;
 use common::db::clusters::{self, Cluster};
 use common::db::dlq::{self, DeadEvent, DeadFilter, DlqError};
+use common::db::selection::{self, Selection, Token, TypeCount};
 use common::db::stats;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -220,13 +221,77 @@ pub async fn list_clusters(
     Ok(Sorted(Clusters { clusters }))
 }
 
-/// Either `{"webhook_id": N}` or `{"retry_all": true}`.
+/// What a bulk retry will be for: the same selection hooktop and `hookd dlq retry-all` take.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    selection: Selection,
+}
+
+/// The count and breakdown of a bulk retry, and the token that acts on exactly this set.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviewBody {
+    selection: Selection,
+    /// How many dead events the selection holds now.
+    count: i64,
+    /// The largest first.
+    by_type: Vec<TypeCount>,
+    /// Send as `{"token": ...}` to `POST /api/webhooks/dlq` to retry exactly these events.
+    token: String,
+}
+
+/// Preview a bulk retry
+///
+/// Counts the dead events a selection holds, by type, and returns a token naming exactly that
+/// set: a retry with it leaves alone events that die later, and reports those that were
+/// retried meanwhile as skipped.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/dlq/preview",
+    tag = "dlq",
+    request_body(
+        content = PreviewRequest,
+        examples(
+            ("all" = (value = json!({"selection": {"kind": "all"}}))),
+            ("matching" = (value = json!({"selection": {"kind": "matching", "source": "stripe",
+                "event_type": null, "text": "cus_"}}))),
+            ("cluster" = (value = json!({"selection": {"kind": "cluster", "source": "stripe",
+                "event_type": "invoice.payment_succeeded",
+                "fingerprint": "no business is linked to Stripe customer <id>"}}))),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The preview", body = PreviewBody,
+            example = json!({"selection": {"kind": "all"}, "count": 3,
+                "by_type": [{"source": "stripe", "event_type": "invoice.payment_succeeded",
+                             "count": 3}],
+                "token": "eyJzZWxlY3Rpb24iOnsia2luZCI6ImFsbCJ9LCJzbmFwc2hvdCI6IjEwMDA6MTAwMDoiLCJjb3VudCI6M30"})),
+        (status = 400, description = "The body is not a selection", body = ErrorBody),
+    )
+)]
+pub async fn preview(
+    State(state): State<AppState>,
+    body: Result<Json<PreviewRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Sorted<PreviewBody>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let preview = selection::preview(state.pool(), &request.selection).await?;
+    Ok(Sorted(PreviewBody {
+        count: preview.count(),
+        token: preview.token.encode(),
+        selection: preview.token.selection,
+        by_type: preview.by_type,
+    }))
+}
+
+/// `{"webhook_id": N}`, `{"token": "..."}` (from a preview) or `{"retry_all": true}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
     /// The dead event to send back to the queue.
     webhook_id: Option<i64>,
-    /// Send every dead event back to the queue.
+    /// Send back exactly the dead events a preview counted.
+    token: Option<String>,
+    /// Send every dead event back to the queue (previewed and retried at once).
     #[serde(default)]
     #[schema(default = false)]
     retry_all: bool,
@@ -241,12 +306,31 @@ pub struct Retried {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     webhook_id: Option<i64>,
+    /// A bulk retry: how many the preview counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    previewed: Option<i64>,
+    /// A bulk retry: previewed, but retried, purged or dead again by the time it came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    skipped: Option<i64>,
+}
+
+impl Retried {
+    fn bulk(done: selection::Retried) -> Retried {
+        Retried {
+            retried: done.retried.unsigned_abs(),
+            webhook_id: None,
+            previewed: Some(done.previewed),
+            skipped: Some(done.skipped),
+        }
+    }
 }
 
 /// Retry dead events
 ///
-/// Sends one dead event, or all of them, back to the queue with a fresh attempt budget; their
-/// attempt history is kept.
+/// Sends one dead event, exactly the set a preview counted, or all of them, back to the queue
+/// with a fresh attempt budget; their attempt history is kept.
 #[utoipa::path(
     post,
     path = "/api/webhooks/dlq",
@@ -255,6 +339,8 @@ pub struct Retried {
         content = RetryRequest,
         examples(
             ("one" = (summary = "Retry one dead event", value = json!({"webhook_id": 42}))),
+            ("previewed" = (summary = "Retry what a preview counted",
+                value = json!({"token": "eyJzZWxlY3Rpb24iOnsia2luZCI6ImFsbCJ9LCJzbmFwc2hvdCI6IjEwMDA6MTAwMDoiLCJjb3VudCI6M30"}))),
             ("all" = (summary = "Retry every dead event", value = json!({"retry_all": true}))),
         ),
     ),
@@ -262,9 +348,11 @@ pub struct Retried {
         (status = 200, description = "The events went back to the queue", body = Retried,
             examples(
                 ("one" = (value = json!({"retried": 1, "webhook_id": 42}))),
-                ("all" = (value = json!({"retried": 17}))),
+                ("previewed" = (value = json!({"retried": 41, "previewed": 42, "skipped": 1}))),
+                ("all" = (value = json!({"retried": 17, "previewed": 17, "skipped": 0}))),
             )),
-        (status = 400, description = "The body is neither of the two forms", body = ErrorBody),
+        (status = 400, description = "The body is none of the three forms, or the token is \
+            not one", body = ErrorBody),
         (status = 404, description = "No event has that id, or the admin API is off \
             (`HOOKD_ADMIN_TOKEN` is not set)", body = ErrorBody),
         (status = 409, description = "The event exists but is not dead", body = ErrorBody),
@@ -278,11 +366,14 @@ pub async fn retry(
     match request {
         RetryRequest {
             webhook_id: Some(id),
+            token: None,
             retry_all: false,
         } => match dlq::retry(state.pool(), id).await {
             Ok(()) => Ok(Sorted(Retried {
                 retried: 1,
                 webhook_id: Some(id),
+                previewed: None,
+                skipped: None,
             })),
             Err(DlqError::NotFound(_)) => {
                 Err(ApiError::NotFound(format!("event {id} does not exist")))
@@ -292,16 +383,24 @@ pub async fn retry(
         },
         RetryRequest {
             webhook_id: None,
+            token: Some(token),
+            retry_all: false,
+        } => {
+            let token = Token::decode(&token).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let done = selection::retry(state.pool(), &token).await?;
+            Ok(Sorted(Retried::bulk(done)))
+        }
+        RetryRequest {
+            webhook_id: None,
+            token: None,
             retry_all: true,
         } => {
-            let retried = dlq::retry_all(state.pool()).await?;
-            Ok(Sorted(Retried {
-                retried,
-                webhook_id: None,
-            }))
+            let preview = selection::preview(state.pool(), &Selection::All).await?;
+            let done = selection::retry(state.pool(), &preview.token).await?;
+            Ok(Sorted(Retried::bulk(done)))
         }
         _ => Err(ApiError::BadRequest(
-            "send {\"webhook_id\": N} or {\"retry_all\": true}".into(),
+            "send {\"webhook_id\": N}, {\"token\": \"...\"} or {\"retry_all\": true}".into(),
         )),
     }
 }

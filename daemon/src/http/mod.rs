@@ -110,6 +110,7 @@ fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(admin::list_dead, admin::retry, admin::purge))
         .routes(routes!(admin::list_clusters))
+        .routes(routes!(admin::preview))
         .routes(routes!(admin::analytics))
         .routes(routes!(admin::metrics))
         .routes(routes!(openapi::serve))
