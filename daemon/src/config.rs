@@ -112,6 +112,8 @@ pub struct Config {
     pub lock_timeout: Duration,
     pub db_max_connections: u32,
     pub log_json: bool,
+    /// Where purges archive what they delete; `None`: `HOOKD_ARCHIVE_DIR=off`.
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// Where settings are looked up, in order: the environment, then the TOML file.
@@ -299,6 +301,26 @@ pub fn schema(sources: &Sources) -> Result<Schema, ConfigError> {
     }
 }
 
+/// Where a purge writes its archive before deleting anything (`HOOKD_ARCHIVE_DIR`; `None`
+/// when set to `off`). The default is under hookd's state directory: systemd's
+/// `$STATE_DIRECTORY` (`StateDirectory=hookd`), so the sandboxed unit can write there, else
+/// `/var/lib/hookd`. The CLI reads it too, so `hookd dlq purge` archives where the daemon does.
+pub fn archive_dir(sources: &Sources) -> Result<Option<PathBuf>, ConfigError> {
+    match sources.get("HOOKD_ARCHIVE_DIR")?.as_deref().map(str::trim) {
+        Some("off") => Ok(None),
+        Some(dir) => Ok(Some(PathBuf::from(dir))),
+        None => {
+            // systemd lists one path per StateDirectory= entry, colon-separated.
+            let state = sources
+                .env
+                .get("STATE_DIRECTORY")
+                .and_then(|dirs| dirs.split(':').find(|d| !d.is_empty()))
+                .unwrap_or("/var/lib/hookd");
+            Ok(Some(Path::new(state).join("archive")))
+        }
+    }
+}
+
 impl Config {
     pub fn pool_settings(&self) -> crate::PoolSettings {
         crate::PoolSettings {
@@ -416,6 +438,7 @@ impl Config {
             db_max_connections: sources
                 .positive("HOOKD_DB_MAX_CONNECTIONS", 16 + workers as u32)?,
             log_json,
+            archive_dir: archive_dir(sources)?,
         };
         if config.retry_max < config.retry_base {
             return Err(invalid(
