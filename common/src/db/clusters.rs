@@ -9,7 +9,7 @@ use sqlx::{FromRow, PgPool};
 use super::dlq::DeadEvent;
 
 /// Dead events of one source and event type that died of the same cause.
-#[derive(Debug, Clone, PartialEq, FromRow, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, FromRow, Serialize, utoipa::ToSchema)]
 pub struct Cluster {
     pub source: String,
     pub event_type: String,
@@ -17,6 +17,9 @@ pub struct Cluster {
     pub fingerprint: String,
     /// How many dead events the cluster holds.
     pub count: i64,
+    /// How many of them are superseded: Stripe events whose customer already has newer state
+    /// applied, which a retry would not change (see `dlq::DeadEvent::superseded`).
+    pub superseded: i64,
     /// When the cluster's first event was dead-lettered.
     pub first_death: DateTime<Utc>,
     /// When the cluster's latest event was dead-lettered.
@@ -50,14 +53,17 @@ impl Cluster {
 pub async fn list(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Cluster>> {
     // Events stored dead by other means than dying under hookd (restored archives, older
     // rows) have no stored fingerprint; theirs is computed here.
-    sqlx::query_as(
+    // Only rows of a supersedable Stripe type read their payload for `superseded`.
+    sqlx::query_as(&format!(
         "WITH clusters AS (
-             SELECT source, event_type,
-                    coalesce(error_fingerprint, hookd_error_fingerprint(last_error)) AS fingerprint,
-                    count(*) AS count, min(dead_at) AS first_death, max(dead_at) AS last_death,
-                    max(id) AS sample_id
-             FROM events
-             WHERE state = 'dead'
+             SELECT e.source, e.event_type,
+                    coalesce(e.error_fingerprint, hookd_error_fingerprint(e.last_error))
+                        AS fingerprint,
+                    count(*) AS count, count(*) FILTER (WHERE {}) AS superseded,
+                    min(e.dead_at) AS first_death, max(e.dead_at) AS last_death,
+                    max(e.id) AS sample_id
+             FROM events e {}
+             WHERE e.state = 'dead'
              GROUP BY 1, 2, 3
              ORDER BY count DESC, last_death DESC
              LIMIT $1
@@ -65,7 +71,9 @@ pub async fn list(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Cluster>> {
          SELECT c.*, e.last_error AS sample_error
          FROM clusters c JOIN events e ON e.id = c.sample_id AND e.state = 'dead'
          ORDER BY c.count DESC, c.last_death DESC",
-    )
+        super::dlq::superseded_expr("e"),
+        super::dlq::superseded_join("e"),
+    ))
     .bind(limit)
     .fetch_all(pool)
     .await
@@ -78,26 +86,33 @@ pub async fn events(pool: &PgPool, key: &ClusterKey, limit: i64) -> sqlx::Result
     // stops early however large the cluster), and the few rows without one, which are the
     // only ones the fingerprint is computed for. A `coalesce` would compute it for every dead
     // event of the type.
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "WITH stored AS (
-             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at
+             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at,
+                    payload
              FROM events
              WHERE state = 'dead' AND source = $1 AND event_type = $2
                AND error_fingerprint = $3
              ORDER BY dead_at DESC, id DESC
              LIMIT $4
          ), computed AS (
-             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at
+             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at,
+                    payload
              FROM events
              WHERE state = 'dead' AND source = $1 AND event_type = $2
                AND error_fingerprint IS NULL AND hookd_error_fingerprint(last_error) = $3
              ORDER BY dead_at DESC, id DESC
              LIMIT $4
          )
-         SELECT * FROM stored UNION ALL SELECT * FROM computed
-         ORDER BY dead_at DESC, id DESC
-         LIMIT $4",
-    )
+         SELECT e.id, e.source, e.event_id, e.event_type, e.attempts, e.last_error,
+                e.received_at, e.dead_at, {} AS superseded
+         FROM (SELECT * FROM stored UNION ALL SELECT * FROM computed
+               ORDER BY dead_at DESC, id DESC
+               LIMIT $4) e {}
+         ORDER BY e.dead_at DESC, e.id DESC",
+        super::dlq::superseded_expr("e"),
+        super::dlq::superseded_join("e"),
+    ))
     .bind(&key.source)
     .bind(&key.event_type)
     .bind(&key.fingerprint)

@@ -2,7 +2,7 @@
 //! attempt history, and hookd, hooktop and the admin API all recover through these functions.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgPool};
 
 use crate::{EVENTS_CHANNEL, Source};
@@ -33,7 +33,7 @@ pub struct DeadFilter {
 }
 
 /// A dead-lettered event, under the names the runbook's `failed_webhooks` has.
-#[derive(Debug, Clone, PartialEq, FromRow, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, FromRow, Serialize, utoipa::ToSchema)]
 pub struct DeadEvent {
     /// hookd's id of the event: the `webhook_id` to retry it by.
     pub id: i64,
@@ -51,6 +51,51 @@ pub struct DeadEvent {
     /// When the event was dead-lettered.
     #[serde(rename = "failed_at")]
     pub dead_at: DateTime<Utc>,
+    /// A Stripe event whose customer already has newer state applied (by the payload's
+    /// `created`): retrying it would change nothing, so it can be purged with confidence.
+    pub superseded: bool,
+}
+
+/// The Stripe event types whose effect the handler skips when the customer has newer state
+/// (`stripe_state`, migration 0006): the subscription's lifecycle and failed payments. A paid
+/// invoice only moves `last_payment_date` forward, so a late one still counts.
+const SUPERSEDABLE: &str = "'customer.subscription.created', 'customer.subscription.updated',
+     'customer.subscription.deleted', 'invoice.payment_failed'";
+
+/// `LEFT JOIN` of the customer's applied Stripe state onto events `e`, as `ss`: only rows of a
+/// supersedable type look into their payload, and the lookup is `stripe_state`'s primary key
+/// (or a hash of that small table when many rows are read).
+pub(crate) fn superseded_join(e: &str) -> String {
+    format!(
+        "LEFT JOIN stripe_state ss ON ss.customer_id = CASE
+             WHEN {e}.source = 'stripe' AND {e}.event_type IN ({SUPERSEDABLE})
+                  AND jsonb_typeof({e}.payload -> 'created') = 'number'
+             THEN {e}.payload #>> '{{data,object,customer}}' END"
+    )
+}
+
+/// Whether the row of events `e` joined by [`superseded_join`] is superseded. Computed when
+/// read, not stored: state applied later flips it. Equal `created` is not superseded, as the
+/// handler applies an event whose `created` equals the newest state's.
+pub(crate) fn superseded_expr(e: &str) -> String {
+    format!(
+        "coalesce(ss.state_at > CASE WHEN ss.customer_id IS NOT NULL
+                                    THEN to_timestamp(({e}.payload ->> 'created')::float8) END,
+                  false)"
+    )
+}
+
+/// Whether dead event `id` is superseded ([`DeadEvent::superseded`]); `None` when it is not
+/// dead. For a detail view of an event found by other means.
+pub async fn superseded(pool: &PgPool, id: i64) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar(&format!(
+        "SELECT {} FROM events e {} WHERE e.id = $1 AND e.state = 'dead'",
+        superseded_expr("e"),
+        superseded_join("e"),
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Dead events, newest first.
@@ -63,20 +108,30 @@ pub async fn list(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<Vec<DeadEv
             .replace('_', "\\_");
         format!("%{escaped}%")
     });
-    sqlx::query_as(
-        "SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at
-         FROM events
-         WHERE state = 'dead'
-           AND ($1::text IS NULL OR source = $1)
-           AND ($2::text IS NULL OR event_type = $2)
-           AND ($3::text IS NULL OR event_type ILIKE $3 OR event_id ILIKE $3
-                OR last_error ILIKE $3)
-           AND ($4::bigint IS NULL
-                OR (dead_at, id) < (SELECT dead_at, id FROM events
-                                    WHERE state = 'dead' AND id = $4))
-         ORDER BY dead_at DESC, id DESC
-         LIMIT $5",
-    )
+    // The page is chosen first, so only its rows are looked up for `superseded`.
+    sqlx::query_as(&format!(
+        "WITH page AS (
+             SELECT id, source, event_id, event_type, attempts, last_error, received_at,
+                    dead_at, payload
+             FROM events
+             WHERE state = 'dead'
+               AND ($1::text IS NULL OR source = $1)
+               AND ($2::text IS NULL OR event_type = $2)
+               AND ($3::text IS NULL OR event_type ILIKE $3 OR event_id ILIKE $3
+                    OR last_error ILIKE $3)
+               AND ($4::bigint IS NULL
+                    OR (dead_at, id) < (SELECT dead_at, id FROM events
+                                        WHERE state = 'dead' AND id = $4))
+             ORDER BY dead_at DESC, id DESC
+             LIMIT $5
+         )
+         SELECT e.id, e.source, e.event_id, e.event_type, e.attempts, e.last_error,
+                e.received_at, e.dead_at, {} AS superseded
+         FROM page e {}
+         ORDER BY e.dead_at DESC, e.id DESC",
+        superseded_expr("e"),
+        superseded_join("e"),
+    ))
     .bind(filter.source.map(Source::as_str))
     .bind(filter.event_type.as_deref())
     .bind(pattern)
@@ -307,5 +362,231 @@ async fn drop_day(pool: &PgPool, day: NaiveDate, only_if_empty: bool) -> sqlx::R
                 return Ok(dropped);
             }
         }
+    }
+}
+
+/// Which dead events a purge is for: those that died longer ago than an age, those that are
+/// superseded ([`DeadEvent::superseded`]), or those that are both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PurgeFilter {
+    /// Only events that died longer ago than this many seconds; none: any age.
+    pub older_than_secs: Option<i64>,
+    /// Only superseded events.
+    #[serde(default)]
+    pub superseded: bool,
+}
+
+impl PurgeFilter {
+    pub fn older_than(age: chrono::Duration) -> PurgeFilter {
+        PurgeFilter {
+            older_than_secs: Some(age.num_seconds()),
+            superseded: false,
+        }
+    }
+
+    /// How a confirmation or a receipt names the set.
+    pub fn describe(&self) -> String {
+        let age = self.older_than_secs.map(|s| {
+            format!(
+                "that died more than {} ago",
+                humanize_secs(s.unsigned_abs())
+            )
+        });
+        match (self.superseded, age) {
+            (false, Some(age)) => format!("dead events {age}"),
+            (true, Some(age)) => format!("superseded dead events {age}"),
+            (true, None) => "superseded dead events".to_owned(),
+            (false, None) => "all dead events".to_owned(),
+        }
+    }
+}
+
+/// `604800` as `7d`, `5400` as `1h 30m`: the ages operators write.
+fn humanize_secs(secs: u64) -> String {
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut left = secs;
+    let mut parts = Vec::new();
+    for (size, unit) in units {
+        if left >= size {
+            parts.push(format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// What a purge preview saw: its filter, the cut the age gave at that moment, and the
+/// snapshot it counted in. Like [`super::selection::Token`] it travels as an opaque string
+/// (`hookd dlq purge --token`, the admin API), and the purge then deletes only events that
+/// were dead in that snapshot: one that died after the preview is kept, and one retried
+/// meanwhile is no longer dead, so it is skipped and reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeToken {
+    pub filter: PurgeFilter,
+    /// Events that died before this are old enough; fixed at the preview, so a later purge
+    /// does not reach further than what was counted.
+    pub cut: Option<DateTime<Utc>>,
+    /// `pg_current_snapshot()` of the preview, as text; none for a purge that takes whatever
+    /// matches when it runs.
+    snapshot: Option<String>,
+    /// How many events the preview counted.
+    pub count: i64,
+}
+
+impl PurgeToken {
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).expect("a token serialises");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(text: &str) -> Result<PurgeToken, BadPurgeToken> {
+        use base64::Engine;
+        let bad = BadPurgeToken;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|e| bad(e.to_string()))?;
+        serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))
+    }
+
+    /// A purge of whatever `filter` matches when it runs, for callers that did not preview:
+    /// the cut is taken then, and no snapshot bounds it.
+    pub fn unbounded(filter: PurgeFilter) -> PurgeToken {
+        PurgeToken {
+            filter,
+            cut: None,
+            snapshot: None,
+            count: 0,
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a purge token (take one with `hookd dlq purge --dry-run` or the purge preview): {0}")]
+pub struct BadPurgeToken(String);
+
+/// Dead events of one source and type in a purge preview, and how many of them are
+/// superseded.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize, utoipa::ToSchema)]
+pub struct PurgeTypeCount {
+    pub source: String,
+    pub event_type: String,
+    pub count: i64,
+    pub superseded: i64,
+}
+
+/// What a purge would delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgePreview {
+    pub token: PurgeToken,
+    /// The largest first.
+    pub by_type: Vec<PurgeTypeCount>,
+    /// How many of them are superseded (all of them for a superseded-only purge).
+    pub superseded: i64,
+}
+
+impl PurgePreview {
+    pub fn count(&self) -> i64 {
+        self.token.count
+    }
+}
+
+/// The purge set in SQL over events `e` joined by [`superseded_join`]: $1 the cut (none: any
+/// age), $2 superseded only, $3 the preview's snapshot (none: unbounded).
+pub(crate) fn purge_predicate() -> String {
+    format!(
+        "e.state = 'dead'
+         AND ($1::timestamptz IS NULL OR e.dead_at < $1)
+         AND (NOT $2 OR {})
+         AND ($3::text IS NULL OR e.dead_xid IS NULL
+              OR pg_visible_in_snapshot(e.dead_xid, $3::pg_snapshot))",
+        superseded_expr("e")
+    )
+}
+
+/// Counts what a purge of `filter` would delete now, by type and superseded, and remembers the
+/// cut and the snapshot the count was taken in. `hookd dlq purge --dry-run`, the admin API's
+/// purge preview and hooktop's confirmation all show this.
+pub async fn purge_preview(pool: &PgPool, filter: &PurgeFilter) -> sqlx::Result<PurgePreview> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let (snapshot, cut): (String, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT pg_current_snapshot()::text,
+                now() - make_interval(secs => $1::float8)",
+    )
+    .bind(filter.older_than_secs.map(|s| s as f64))
+    .fetch_one(&mut *tx)
+    .await?;
+    let by_type: Vec<PurgeTypeCount> = sqlx::query_as(&format!(
+        "SELECT e.source, e.event_type, count(*) AS count,
+                count(*) FILTER (WHERE {}) AS superseded
+         FROM events e {}
+         WHERE {}
+         GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+        superseded_expr("e"),
+        superseded_join("e"),
+        purge_predicate(),
+    ))
+    .bind(cut)
+    .bind(filter.superseded)
+    .bind(None::<String>)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(PurgePreview {
+        token: PurgeToken {
+            filter: filter.clone(),
+            cut,
+            snapshot: Some(snapshot),
+            count: by_type.iter().map(|t| t.count).sum(),
+        },
+        superseded: by_type.iter().map(|t| t.superseded).sum(),
+        by_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_token_survives_the_round_trip() {
+        let token = PurgeToken {
+            filter: PurgeFilter {
+                older_than_secs: Some(604_800),
+                superseded: true,
+            },
+            cut: Some(Utc::now()),
+            snapshot: Some("100:104:101".into()),
+            count: 7,
+        };
+        assert_eq!(PurgeToken::decode(&token.encode()).unwrap(), token);
+        assert!(PurgeToken::decode("garbage").is_err());
+    }
+
+    #[test]
+    fn filters_are_described_in_operators_words() {
+        assert_eq!(
+            PurgeFilter::older_than(chrono::Duration::days(7)).describe(),
+            "dead events that died more than 7d ago"
+        );
+        let superseded = PurgeFilter {
+            older_than_secs: Some(5_400),
+            superseded: true,
+        };
+        assert_eq!(
+            superseded.describe(),
+            "superseded dead events that died more than 1h 30m ago"
+        );
     }
 }

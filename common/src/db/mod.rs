@@ -1,5 +1,6 @@
 //! Storage: every statement hookd and hooktop run lives under this module.
 
+pub mod archive;
 pub mod bulk;
 pub mod business;
 pub mod clusters;
