@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use common::db::clusters::{Cluster, ClusterKey};
 use crossterm::event::KeyEvent;
 
+use common::db::selection::{Progress, Selection};
+
 pub use crate::model::Bulk;
-use crate::model::{Detail, Notification, Snapshot};
+use crate::model::{Choice, Detail, Notification, Outcome, Snapshot};
 
 /// Everything that can change the dashboard's state.
 #[derive(Debug, Clone)]
@@ -25,18 +27,20 @@ pub enum Action {
         since: DateTime<Utc>,
         error: String,
     },
-    /// The answer to [`Command::Count`], for a confirmation that states it.
-    Counted {
+    /// The answer to [`Command::Preview`], for a confirmation that states it.
+    Previewed {
         op: Bulk,
-        count: i64,
+        result: Result<Vec<Choice>, String>,
     },
+    /// Where the events a canary retried are now, read with each refresh while it is watched.
+    Canary(Vec<Progress>),
     Retried {
         id: i64,
         result: Result<(), String>,
     },
     Bulk {
         op: Bulk,
-        result: Result<u64, String>,
+        result: Result<Outcome, String>,
     },
     Detail {
         id: i64,
@@ -61,8 +65,19 @@ pub enum Command {
     /// The DLQ list shows this cluster's events instead of the filter's, until `None`.
     SetCluster(Option<ClusterKey>),
     Retry(i64),
-    Count(Bulk),
-    Run(Bulk),
+    /// Count what `op` would be for, each of `selections` in a snapshot of its own (a
+    /// purge counts by age and ignores them).
+    Preview {
+        op: Bulk,
+        selections: Vec<Selection>,
+    },
+    /// Carry `op` out on what `choice`'s preview counted.
+    Run {
+        op: Bulk,
+        choice: Choice,
+    },
+    /// Read where these events are with each refresh (a canary's); empty stops.
+    Watch(Vec<i64>),
     LoadDetail(i64),
     /// Look the filter's text up as an event id, in any state (not only dead events).
     Find(String),

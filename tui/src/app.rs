@@ -7,12 +7,13 @@ use std::cmp::Ordering;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::db::clusters::{Cluster, ClusterKey};
 use common::db::dlq::DeadEvent;
+use common::db::selection::{self, Progress, Selection, Verdict};
 use common::db::stats::TypeCounts;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::action::{Action, Command, Effect};
 use crate::keymap::{self, Key, Move};
-use crate::model::{Bulk, Detail, Snapshot};
+use crate::model::{Bulk, Choice, Detail, Outcome, Snapshot};
 use crate::notify::Alerts;
 
 /// How long an action's report stays in the status line.
@@ -196,10 +197,31 @@ pub enum DbState {
     Down { since: DateTime<Utc>, error: String },
 }
 
+/// A bulk action's question: what it would be for, each choice as previewed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Confirm {
     pub op: Bulk,
-    pub count: i64,
+    /// The narrowed set first (a cluster's or the filter's) when there is one, then all dead
+    /// events.
+    pub choices: Vec<Choice>,
+    pub chosen: usize,
+}
+
+impl Confirm {
+    pub fn choice(&self) -> &Choice {
+        &self.choices[self.chosen]
+    }
+}
+
+/// A canary retry being watched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryView {
+    /// The preview it was taken from; the rest is retried by its token.
+    pub choice: Choice,
+    /// The events it retried, newest death first; empty until they are.
+    pub ids: Vec<i64>,
+    pub progress: Vec<Progress>,
+    pub verdict: Verdict,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +238,7 @@ pub enum Overlay {
     Help,
     Detail(DetailView),
     Confirm(Confirm),
+    Canary(CanaryView),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,10 +290,12 @@ pub struct App {
     /// While `/` is being typed: the text so far.
     pub filter_input: Option<String>,
     pub overlay: Overlay,
-    /// A count was asked for, the confirmation opens when it arrives.
+    /// A preview was asked for, the confirmation opens when it arrives.
     pub counting: Option<Bulk>,
     /// A bulk action is running.
     pub running: Option<Bulk>,
+    /// The running retry is the rest of a canary of this many events.
+    pub after_canary: Option<usize>,
     pub status: Option<Status>,
     /// Why desktop notifications do not work, if they do not.
     pub notify_note: Option<String>,
@@ -299,6 +324,7 @@ impl App {
             overlay: Overlay::None,
             counting: None,
             running: None,
+            after_canary: None,
             status: None,
             notify_note: None,
             quit: false,
@@ -408,22 +434,8 @@ impl App {
                 self.db = DbState::Down { since, error };
                 Vec::new()
             }
-            Action::Counted { op, count } => {
-                if self.counting != Some(op) {
-                    return Vec::new();
-                }
-                self.counting = None;
-                if count == 0 {
-                    let text = match op {
-                        Bulk::RetryAll => "no dead events to retry",
-                        Bulk::Purge => "no dead events older than 7 days",
-                    };
-                    self.say(Level::Info, text);
-                } else if matches!(self.overlay, Overlay::None) {
-                    self.overlay = Overlay::Confirm(Confirm { op, count });
-                }
-                Vec::new()
-            }
+            Action::Previewed { op, result } => self.on_previewed(op, result),
+            Action::Canary(progress) => self.on_canary(progress),
             Action::Retried { id, result } => {
                 match result {
                     Ok(()) => self.say(Level::Success, format!("retried event {id}")),
@@ -431,24 +443,7 @@ impl App {
                 }
                 vec![Effect::Command(Command::Refresh)]
             }
-            Action::Bulk { op, result } => {
-                self.running = None;
-                if self.counting == Some(op) {
-                    self.counting = None;
-                }
-                match (op, result) {
-                    (Bulk::RetryAll, Ok(n)) => {
-                        self.say(Level::Success, format!("retried {n} {}", events(n)));
-                    }
-                    (Bulk::Purge, Ok(n)) => self.say(
-                        Level::Success,
-                        format!("purged {n} dead {} older than 7 days", events(n)),
-                    ),
-                    (Bulk::RetryAll, Err(e)) => self.say(Level::Error, format!("retry all: {e}")),
-                    (Bulk::Purge, Err(e)) => self.say(Level::Error, format!("purge: {e}")),
-                }
-                vec![Effect::Command(Command::Refresh)]
-            }
+            Action::Bulk { op, result } => self.on_bulk(op, result),
             Action::Detail { id, result } => {
                 if let Overlay::Detail(view) = &mut self.overlay
                     && view.id == id
@@ -599,24 +594,29 @@ impl App {
             Overlay::Confirm(confirm) => {
                 let confirm = confirm.clone();
                 match key.code {
-                    KeyCode::Char('y' | 'Y') | KeyCode::Enter => {
-                        self.overlay = Overlay::None;
-                        self.running = Some(confirm.op);
-                        let text = match confirm.op {
-                            Bulk::RetryAll => format!("retrying {} dead events…", confirm.count),
-                            Bulk::Purge => format!("purging {} dead events…", confirm.count),
-                        };
-                        self.say(Level::Info, text);
-                        vec![Effect::Command(Command::Run(confirm.op))]
-                    }
+                    KeyCode::Char('y' | 'Y') | KeyCode::Enter => self.confirmed(confirm),
                     KeyCode::Char('n' | 'N') | KeyCode::Esc => {
                         self.overlay = Overlay::None;
                         self.say(Level::Info, "cancelled: nothing changed");
                         Vec::new()
                     }
+                    KeyCode::Tab
+                    | KeyCode::BackTab
+                    | KeyCode::Up
+                    | KeyCode::Down
+                    | KeyCode::Char('j' | 'k') => {
+                        if let Overlay::Confirm(confirm) = &mut self.overlay {
+                            confirm.chosen = (confirm.chosen + 1) % confirm.choices.len();
+                        }
+                        Vec::new()
+                    }
                     KeyCode::Char('q') => self.quit(),
                     _ => Vec::new(),
                 }
+            }
+            Overlay::Canary(view) => {
+                let view = view.clone();
+                self.on_canary_key(view, key.code)
             }
             Overlay::Detail(view) => {
                 let id = view.id;
@@ -708,7 +708,8 @@ impl App {
                     self.say(Level::Info, "no dead event selected");
                 }
             }
-            Key::RetryAll => return self.ask(Bulk::RetryAll),
+            Key::RetryAll => return self.ask(Bulk::Retry),
+            Key::Canary => return self.ask(Bulk::Canary),
             Key::Purge => return self.ask(Bulk::Purge),
             Key::Move(to) => self.move_selection(to),
         }
@@ -732,18 +733,230 @@ impl App {
         vec![Effect::Command(Command::Retry(id))]
     }
 
-    /// Bulk actions count first: the confirmation states what will happen.
+    /// Bulk actions preview first: the confirmation states what will happen, and the action
+    /// is bound to what the preview counted.
     fn ask(&mut self, op: Bulk) -> Vec<Effect> {
         if let Some(running) = self.running {
             let what = match running {
-                Bulk::RetryAll => "a retry of all dead events",
+                Bulk::Retry => "a retry",
+                Bulk::Canary => "a canary",
                 Bulk::Purge => "a purge",
             };
             self.say(Level::Info, format!("{what} is still running"));
             return Vec::new();
         }
+        let narrowed = self.narrowed();
+        let selections = match op {
+            Bulk::Retry => narrowed.into_iter().chain([Selection::All]).collect(),
+            Bulk::Canary => vec![narrowed.unwrap_or(Selection::All)],
+            Bulk::Purge => Vec::new(),
+        };
         self.counting = Some(op);
-        vec![Effect::Command(Command::Count(op))]
+        vec![Effect::Command(Command::Preview { op, selections })]
+    }
+
+    /// The set on screen that a bulk action may be for instead of every dead event: the
+    /// cluster listed, else the cluster selected in its pane, else what the filter matches.
+    pub fn narrowed(&self) -> Option<Selection> {
+        if let Some(key) = &self.cluster {
+            return Some(Selection::cluster(key));
+        }
+        if self.panes.focus == Pane::Clusters
+            && let Some(cluster) = self.selected_cluster()
+        {
+            return Some(Selection::cluster(&cluster.key()));
+        }
+        match crate::data::filter_selection(&self.filter) {
+            Selection::All => None,
+            narrowed => Some(narrowed),
+        }
+    }
+
+    fn on_previewed(&mut self, op: Bulk, result: Result<Vec<Choice>, String>) -> Vec<Effect> {
+        if self.counting != Some(op) {
+            return Vec::new();
+        }
+        self.counting = None;
+        let choices = match result {
+            Ok(choices) => choices,
+            Err(e) => {
+                self.say(Level::Error, format!("{}: {e}", op_name(op)));
+                return Vec::new();
+            }
+        };
+        let Some(chosen) = choices.iter().position(|c| c.count > 0) else {
+            let text = match op {
+                Bulk::Retry => "no dead events to retry",
+                Bulk::Canary => "no dead events to try a canary on",
+                Bulk::Purge => "no dead events older than 7 days",
+            };
+            self.say(Level::Info, text);
+            return Vec::new();
+        };
+        if matches!(self.overlay, Overlay::None) {
+            self.overlay = Overlay::Confirm(Confirm {
+                op,
+                choices,
+                chosen,
+            });
+        }
+        Vec::new()
+    }
+
+    fn confirmed(&mut self, confirm: Confirm) -> Vec<Effect> {
+        let op = confirm.op;
+        let choice = confirm.choice().clone();
+        if choice.count == 0 {
+            self.say(Level::Info, format!("no {}: nothing to do", choice.what));
+            return Vec::new();
+        }
+        self.overlay = Overlay::None;
+        self.running = Some(op);
+        let n = choice.count;
+        let text = match op {
+            Bulk::Retry => format!("retrying {n} dead {}…", events(n as u64)),
+            Bulk::Canary => {
+                self.overlay = Overlay::Canary(CanaryView {
+                    choice: choice.clone(),
+                    ids: Vec::new(),
+                    progress: Vec::new(),
+                    verdict: Verdict::Running,
+                });
+                format!(
+                    "canary: retrying {} of {n}…",
+                    crate::data::CANARY_SIZE.min(n)
+                )
+            }
+            Bulk::Purge => format!("purging {n} dead {}…", events(n as u64)),
+        };
+        self.say(Level::Info, text);
+        vec![Effect::Command(Command::Run { op, choice })]
+    }
+
+    fn on_bulk(&mut self, op: Bulk, result: Result<Outcome, String>) -> Vec<Effect> {
+        self.running = None;
+        if self.counting == Some(op) {
+            self.counting = None;
+        }
+        let after_canary = self.after_canary.take();
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if op == Bulk::Canary && matches!(self.overlay, Overlay::Canary(_)) {
+                    self.overlay = Overlay::None;
+                }
+                self.say(Level::Error, format!("{}: {e}", op_name(op)));
+                return vec![Effect::Command(Command::Refresh)];
+            }
+        };
+        match outcome {
+            Outcome::Retried(done) => {
+                let text = match after_canary {
+                    Some(canaries) => {
+                        let changed = (done.skipped - canaries as i64).max(0);
+                        let mut text = format!(
+                            "retried the other {} after the canary's {canaries}",
+                            done.retried
+                        );
+                        if changed > 0 {
+                            text.push_str(&format!(
+                                ", {changed} had changed since the preview \
+                                 (already retried or purged)"
+                            ));
+                        }
+                        text
+                    }
+                    None => done.to_string(),
+                };
+                self.say(Level::Success, text);
+            }
+            Outcome::Purged(n) => self.say(
+                Level::Success,
+                format!("purged {n} dead {} older than 7 days", events(n)),
+            ),
+            Outcome::CanaryStarted(ids) => {
+                let Overlay::Canary(view) = &mut self.overlay else {
+                    self.say(
+                        Level::Info,
+                        format!("canary retried {} events; not watched", ids.len()),
+                    );
+                    return vec![Effect::Command(Command::Refresh)];
+                };
+                if ids.is_empty() {
+                    self.overlay = Overlay::None;
+                    self.say(
+                        Level::Info,
+                        "no event of the preview is still dead: nothing to try",
+                    );
+                    return vec![Effect::Command(Command::Refresh)];
+                }
+                view.ids = ids.clone();
+                let n = ids.len();
+                self.say(
+                    Level::Info,
+                    format!("canary: retried {n}; waiting for hookd to process them"),
+                );
+                return vec![Effect::Command(Command::Watch(ids))];
+            }
+        }
+        vec![Effect::Command(Command::Refresh)]
+    }
+
+    fn on_canary(&mut self, progress: Vec<Progress>) -> Vec<Effect> {
+        let Overlay::Canary(view) = &mut self.overlay else {
+            return Vec::new();
+        };
+        if view.ids.is_empty() || view.verdict != Verdict::Running {
+            return Vec::new();
+        }
+        view.verdict = selection::verdict(&view.ids, &progress);
+        view.progress = progress;
+        let n = view.ids.len();
+        let rest = (view.choice.count - n as i64).max(0);
+        let (level, text) = match view.verdict {
+            Verdict::Running => return Vec::new(),
+            Verdict::Succeeded => (
+                Level::Success,
+                format!("canary succeeded: all {n} were processed; y retries the other {rest}"),
+            ),
+            Verdict::Failed => (
+                Level::Error,
+                "canary failed again: the rest was not retried".to_owned(),
+            ),
+        };
+        self.say(level, text);
+        // The verdict is final: the canary's events need not be read any more.
+        vec![Effect::Command(Command::Watch(Vec::new()))]
+    }
+
+    fn on_canary_key(&mut self, view: CanaryView, code: KeyCode) -> Vec<Effect> {
+        match code {
+            KeyCode::Char('y' | 'Y') | KeyCode::Enter if view.verdict == Verdict::Succeeded => {
+                self.overlay = Overlay::None;
+                self.running = Some(Bulk::Retry);
+                self.after_canary = Some(view.ids.len());
+                let rest = (view.choice.count - view.ids.len() as i64).max(0);
+                self.say(Level::Info, format!("retrying the other {rest}…"));
+                vec![Effect::Command(Command::Run {
+                    op: Bulk::Retry,
+                    choice: view.choice,
+                })]
+            }
+            KeyCode::Char('n' | 'N') | KeyCode::Esc | KeyCode::Enter => {
+                self.overlay = Overlay::None;
+                let text = match view.verdict {
+                    Verdict::Running => {
+                        "canary closed before its verdict: the rest was not retried"
+                    }
+                    Verdict::Succeeded => "stopped after the canary: the rest was not retried",
+                    Verdict::Failed => "canary failed again: the rest was not retried",
+                };
+                self.say(Level::Info, text);
+                vec![Effect::Command(Command::Watch(Vec::new()))]
+            }
+            KeyCode::Char('q') => self.quit(),
+            _ => Vec::new(),
+        }
     }
 
     fn move_selection(&mut self, to: Move) {
@@ -824,6 +1037,14 @@ fn scroll(at: u16, code: KeyCode) -> u16 {
         KeyCode::PageUp => at.saturating_sub(10),
         KeyCode::Char('g') | KeyCode::Home => 0,
         _ => at,
+    }
+}
+
+fn op_name(op: Bulk) -> &'static str {
+    match op {
+        Bulk::Retry => "retry",
+        Bulk::Canary => "canary",
+        Bulk::Purge => "purge",
     }
 }
 

@@ -10,6 +10,7 @@ use common::Source;
 use common::db::clusters::{self, ClusterKey};
 use common::db::dlq::{self, DeadFilter};
 use common::db::events;
+use common::db::selection::{self, Selection};
 use common::db::stats;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -17,7 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::action::{Action, Command};
-use crate::model::Bulk;
+use crate::model::{Bulk, Choice, Outcome};
 pub use crate::model::{Detail, Snapshot};
 
 /// Refresh at least this often, in case a notification was lost (or hookd is an older build).
@@ -30,6 +31,8 @@ pub const DLQ_LIMIT: i64 = 200;
 pub const RECENT_DEAD: i64 = 100;
 /// Error clusters read: the largest first, more causes than anyone triages at once.
 pub const CLUSTER_LIMIT: i64 = 100;
+/// How many of a selection a canary retries first.
+pub const CANARY_SIZE: i64 = 5;
 /// Dead events older than this are what `p` purges.
 pub const PURGE_AGE: chrono::TimeDelta = chrono::TimeDelta::days(7);
 /// The window of the success rate alert.
@@ -57,6 +60,12 @@ pub fn dead_filter(text: &str, limit: i64) -> DeadFilter {
         limit,
         ..DeadFilter::default()
     }
+}
+
+/// What the DLQ list shows for `filter`, as a bulk action's selection.
+pub fn filter_selection(text: &str) -> Selection {
+    let filter = dead_filter(text, 0);
+    Selection::matching(filter.source, filter.event_type, filter.text)
 }
 
 /// A pool for hooktop: lazy, so the dashboard starts (and says the database is down) without
@@ -187,6 +196,7 @@ pub async fn run_with_fallback(
     fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut filter = String::new();
     let mut cluster = None;
+    let mut watched: Vec<i64> = Vec::new();
     let mut down_since: Option<DateTime<Utc>> = None;
     let mut dirty = true;
     let mut next_allowed = Instant::now();
@@ -201,6 +211,10 @@ pub async fn run_with_fallback(
                 }
                 Some(Command::SetCluster(key)) => {
                     cluster = key;
+                    dirty = true;
+                }
+                Some(Command::Watch(ids)) => {
+                    watched = ids;
                     dirty = true;
                 }
                 Some(other) => {
@@ -232,8 +246,23 @@ pub async fn run_with_fallback(
                         error: "the database did not answer in time".to_owned(),
                     },
                 };
+                let up = matches!(action, Action::Snapshot(_));
                 if actions.send(action).is_err() {
                     break;
+                }
+                // hookd announces each attempt it records, so a canary's progress is read
+                // with the refresh that the announcement causes.
+                if up && !watched.is_empty() {
+                    let progress = tokio::time::timeout(
+                        REFRESH_TIMEOUT,
+                        selection::states(&pool, &watched),
+                    )
+                    .await;
+                    if let Ok(Ok(progress)) = progress
+                        && actions.send(Action::Canary(progress)).is_err()
+                    {
+                        break;
+                    }
                 }
             }
         }
@@ -270,7 +299,9 @@ async fn execute(
     wake: Arc<Notify>,
 ) {
     let action = match command {
-        Command::Refresh | Command::SetFilter(_) | Command::SetCluster(_) => return,
+        Command::Refresh | Command::SetFilter(_) | Command::SetCluster(_) | Command::Watch(_) => {
+            return;
+        }
         Command::Retry(id) => Action::Retried {
             id,
             result: dlq::retry(&pool, id).await.map_err(|e| match e {
@@ -278,29 +309,16 @@ async fn execute(
                 other => other.to_string(),
             }),
         },
-        Command::Count(op) => {
-            let count = match op {
-                Bulk::RetryAll => dlq::count(&pool).await,
-                Bulk::Purge => dlq::count_older_than(&pool, PURGE_AGE).await,
-            };
-            match count {
-                Ok(count) => Action::Counted { op, count },
-                Err(e) => Action::Bulk {
-                    op,
-                    result: Err(describe(&e)),
-                },
-            }
-        }
-        Command::Run(op) => {
-            let result = match op {
-                Bulk::RetryAll => dlq::retry_all(&pool).await,
-                Bulk::Purge => dlq::purge_older_than(&pool, PURGE_AGE).await,
-            };
-            Action::Bulk {
-                op,
-                result: result.map_err(|e| describe(&e)),
-            }
-        }
+        Command::Preview { op, selections } => Action::Previewed {
+            op,
+            result: preview(&pool, op, &selections)
+                .await
+                .map_err(|e| describe(&e)),
+        },
+        Command::Run { op, choice } => Action::Bulk {
+            op,
+            result: run_bulk(&pool, op, &choice).await,
+        },
         Command::Find(key) => Action::Found {
             result: events::find(&pool, &key)
                 .await
@@ -325,6 +343,45 @@ async fn execute(
     if changed {
         wake.notify_one();
     }
+}
+
+/// The choices a confirmation offers for `op`, each counted in a snapshot of its own.
+async fn preview(pool: &PgPool, op: Bulk, selections: &[Selection]) -> sqlx::Result<Vec<Choice>> {
+    if op == Bulk::Purge {
+        let count = dlq::count_older_than(pool, PURGE_AGE).await?;
+        return Ok(vec![Choice {
+            what: "dead events older than 7 days".to_owned(),
+            count,
+            by_type: Vec::new(),
+            token: None,
+        }]);
+    }
+    let mut choices = Vec::with_capacity(selections.len());
+    for selection in selections {
+        let preview = selection::preview(pool, selection).await?;
+        choices.push(Choice {
+            what: selection.describe(),
+            count: preview.count(),
+            by_type: preview.by_type,
+            token: Some(preview.token),
+        });
+    }
+    Ok(choices)
+}
+
+async fn run_bulk(pool: &PgPool, op: Bulk, choice: &Choice) -> Result<Outcome, String> {
+    let done = match (op, &choice.token) {
+        (Bulk::Purge, _) => dlq::purge_older_than(pool, PURGE_AGE)
+            .await
+            .map(Outcome::Purged),
+        (Bulk::Retry, Some(token)) => selection::retry(pool, token).await.map(Outcome::Retried),
+        (Bulk::Canary, Some(token)) => selection::canary(pool, token, CANARY_SIZE)
+            .await
+            .map(Outcome::CanaryStarted),
+        // Only a purge is previewed without a token; a retry never runs on a guess.
+        (Bulk::Retry | Bulk::Canary, None) => return Err("nothing was previewed".to_owned()),
+    };
+    done.map_err(|e| describe(&e))
 }
 
 /// Wakes the refresher on every notification, and once after each (re)connection, since

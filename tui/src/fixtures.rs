@@ -6,12 +6,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::db::clusters::Cluster;
 use common::db::dlq::DeadEvent;
 use common::db::events::{Attempt, EventDetail};
+use common::db::selection::{Progress, Selection, TypeCount};
 use common::db::stats::{Queue, Totals, TypeCounts};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::action::Action;
 use crate::app::{App, Settings};
-use crate::model::{Detail, Snapshot};
+use crate::model::{Choice, Detail, Snapshot};
 
 pub fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-29T03:00:00Z")
@@ -307,4 +308,47 @@ pub fn app() -> App {
         color: false,
         ..Settings::default()
     })
+}
+
+/// A retry's choice as a preview of `selection` would return it, with a token as real ones
+/// are (an opaque snapshot the tests never look into).
+pub fn choice(selection: Selection, by_type: &[(&str, &str, i64)]) -> Choice {
+    let count = by_type.iter().map(|t| t.2).sum();
+    let token = serde_json::from_value(serde_json::json!({
+        "selection": selection,
+        "snapshot": "1000:1000:",
+        "count": count,
+    }))
+    .expect("a token");
+    Choice {
+        what: selection.describe(),
+        count,
+        by_type: by_type
+            .iter()
+            .map(|&(source, event_type, count)| TypeCount {
+                source: source.into(),
+                event_type: event_type.into(),
+                count,
+            })
+            .collect(),
+        token: Some(token),
+    }
+}
+
+pub fn purge_choice(count: i64) -> Choice {
+    Choice {
+        what: "dead events older than 7 days".into(),
+        count,
+        by_type: Vec::new(),
+        token: None,
+    }
+}
+
+pub fn progress(id: i64, state: &str, error: Option<&str>) -> Progress {
+    Progress {
+        id,
+        event_type: "invoice.payment_failed".into(),
+        state: state.into(),
+        last_error: error.map(str::to_owned),
+    }
 }

@@ -19,6 +19,7 @@ pub enum Key {
     Open,
     Retry,
     RetryAll,
+    Canary,
     Purge,
     Move(Move),
 }
@@ -87,9 +88,15 @@ pub const MAIN: &[Binding] = &[
     },
     Binding {
         keys: "R",
-        help: "retry all dead events (asks first, with the count)",
+        help: "retry the cluster's, filter's or all dead events (asks first)",
         codes: &[(ch('R'), Key::RetryAll)],
         hint: Some((5, "R", "retry all")),
+    },
+    Binding {
+        keys: "c",
+        help: "canary: retry 5 of them first, the rest only if they succeed",
+        codes: &[(ch('c'), Key::Canary)],
+        hint: None,
     },
     Binding {
         keys: "p",

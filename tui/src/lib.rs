@@ -174,11 +174,20 @@ mod tests {
             .expect("a notification within 5 s");
             keys.unbounded_send(press('R')).unwrap();
             let command = commands_rx.recv().await;
-            assert_eq!(command, Some(Command::Count(Bulk::RetryAll)));
+            assert_eq!(
+                command,
+                Some(Command::Preview {
+                    op: Bulk::Retry,
+                    selections: vec![common::db::selection::Selection::All]
+                })
+            );
             actions
-                .send(Action::Counted {
-                    op: Bulk::RetryAll,
-                    count: 6,
+                .send(Action::Previewed {
+                    op: Bulk::Retry,
+                    result: Ok(vec![crate::fixtures::choice(
+                        common::db::selection::Selection::All,
+                        &[("stripe", "invoice.payment_failed", 6)],
+                    )]),
                 })
                 .unwrap();
             // The confirmation must be drawn before `q` ends the loop.

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use common::db::clusters::ClusterKey;
 use common::db::dlq::DeadEvent;
 use common::db::events::{Attempt, EventDetail};
+use common::db::selection::{Token, TypeCount};
 use common::db::stats::{Queue, Totals, TypeCounts};
 
 /// Everything the main screen shows, read in one go.
@@ -43,11 +44,36 @@ pub struct Detail {
     pub payload: Vec<String>,
 }
 
-/// The two actions that touch many events, and so ask first.
+/// The actions that touch many events, and so preview first and ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bulk {
-    RetryAll,
+    /// Retry exactly what a preview counted: all dead events, a filter's or a cluster's.
+    Retry,
+    /// Retry a few of a preview first, and offer the rest only when those succeed.
+    Canary,
     Purge,
+}
+
+/// One set a bulk action may be for, as its preview counted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The set as the confirmation names it: "all dead events", "dead events matching ...".
+    pub what: String,
+    pub count: i64,
+    /// Largest first.
+    pub by_type: Vec<TypeCount>,
+    /// What a retry is bound to: the events dead in the preview's snapshot, and no others.
+    /// A purge counts by age and has none.
+    pub token: Option<Token>,
+}
+
+/// What a bulk action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Retried(common::db::selection::Retried),
+    /// The events a canary retried, newest first.
+    CanaryStarted(Vec<i64>),
+    Purged(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -384,7 +384,8 @@ async fn hooktop_in_tmux_shows_the_database_retries_and_purges(pool: PgPool) {
 
     // The help overlay lists the keys; Esc closes it; q quits with the terminal restored.
     tmux.keys(&["?"]).await;
-    tmux.wait_for_text("retry all dead events").await;
+    tmux.wait_for_text("retry the cluster's, filter's or all dead events")
+        .await;
     tmux.keys(&["Escape"]).await;
     tmux.wait_for("the help to close", |s| !s.contains(" Keys "))
         .await;
@@ -394,6 +395,94 @@ async fn hooktop_in_tmux_shows_the_database_retries_and_purges(pool: PgPool) {
         !screen.contains("Dead letters"),
         "the alternate screen was left:\n{screen}"
     );
+    drop(tmux);
+    hookd.stop().await;
+}
+
+async fn count_in_state(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE state = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The on-call story of a canary: a cluster of deaths appears; a canary of it before the fix
+/// fails again and stops there; after the fix a canary succeeds, the rest follow, and the
+/// dead-letter queue empties.
+#[sqlx::test(migrator = "common::MIGRATOR")]
+async fn a_canary_in_tmux_fails_before_the_fix_and_clears_the_cluster_after_it(pool: PgPool) {
+    let hookd = Hookd::start(&pool).await;
+    let created = Some(chrono::Utc::now().timestamp());
+    // Eight customers no business is linked to yet: one cluster, whatever the customer's id.
+    for i in 1..=8 {
+        hookd
+            .stripe(
+                &format!("evt_c{i}"),
+                "invoice.payment_succeeded",
+                created,
+                &format!("cus_c{i}"),
+            )
+            .await;
+    }
+    wait_until_idle(&pool).await;
+    assert_eq!(count_in_state(&pool, "dead").await, 8);
+
+    let url = database_url(&pool);
+    let command = format!(
+        "{} --no-notify; echo \"hooktop exited with $?\"; sleep 600",
+        env!("CARGO_BIN_EXE_hooktop")
+    );
+    let tmux = Tmux::start(
+        120,
+        40,
+        &[("DATABASE_URL", &url), ("NO_COLOR", "1")],
+        &command,
+    );
+    tmux.wait_for_text("Dead letters · 8 of 8").await;
+    // The clusters pane: one row of eight.
+    tmux.wait_for("the cluster of eight", |s| {
+        s.lines()
+            .any(|l| l.contains("8 stripe invoice.payment_succeeded"))
+    })
+    .await;
+    tmux.keys(&["BTab"]).await;
+
+    // Before the fix: the canary fails again, and nothing else is retried.
+    tmux.keys(&["c"]).await;
+    tmux.wait_for_text("Canary: retry 5 of the 8 dead stripe")
+        .await;
+    tmux.keys(&["y"]).await;
+    tmux.wait_for_text("5 of 5 failed again: the rest was not retried")
+        .await;
+    tmux.keys(&["Escape"]).await;
+    assert_eq!(count_in_state(&pool, "dead").await, 8);
+
+    // The fix, then a canary that succeeds, and the rest.
+    for i in 1..=8 {
+        sqlx::query("INSERT INTO businesses (name, stripe_customer_id) VALUES ($1, $2)")
+            .bind(format!("Business {i}"))
+            .bind(format!("cus_c{i}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    tmux.keys(&["c"]).await;
+    tmux.wait_for_text("Canary: retry 5 of the 8 dead stripe")
+        .await;
+    tmux.keys(&["y"]).await;
+    let screen = tmux.wait_for_text("All 5 succeeded.").await;
+    assert!(screen.contains("retry the other 3"), "{screen}");
+    assert_eq!(count_in_state(&pool, "succeeded").await, 5);
+    assert_eq!(count_in_state(&pool, "dead").await, 3, "the rest waits");
+    tmux.keys(&["y"]).await;
+    tmux.wait_for_text("retried the other 3 after the canary's 5")
+        .await;
+    tmux.wait_for_text("Dead letters · 0 of 0").await;
+    wait_until_idle(&pool).await;
+    assert_eq!(count_in_state(&pool, "succeeded").await, 8);
+    tmux.keys(&["q"]).await;
+    tmux.wait_for_text("hooktop exited with 0").await;
     drop(tmux);
     hookd.stop().await;
 }

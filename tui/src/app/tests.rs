@@ -1,5 +1,6 @@
 use chrono::TimeDelta;
 use common::db::clusters::{Cluster, ClusterKey};
+use common::db::selection::Retried;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
@@ -119,68 +120,321 @@ fn r_outside_the_dead_letter_pane_explains_instead_of_guessing() {
     );
 }
 
+fn cus_filter() -> Selection {
+    Selection::matching(None, None, Some("cus_".into()))
+}
+
+fn first_cluster() -> Selection {
+    Selection::cluster(&fixtures::incident_clusters()[0].key())
+}
+
+fn confirm(app: &App) -> &Confirm {
+    match &app.overlay {
+        Overlay::Confirm(confirm) => confirm,
+        other => panic!("expected a confirmation, got {other:?}"),
+    }
+}
+
+fn canary(app: &App) -> &CanaryView {
+    match &app.overlay {
+        Overlay::Canary(view) => view,
+        other => panic!("expected a canary, got {other:?}"),
+    }
+}
+
 #[test]
-fn retry_all_counts_then_confirms_with_the_count_then_runs() {
+fn retry_all_previews_then_confirms_the_count_then_runs_bound_to_the_preview() {
     let mut app = app();
     assert_eq!(
         commands(app.update(ch('R'))),
-        [Command::Count(Bulk::RetryAll)]
+        [Command::Preview {
+            op: Bulk::Retry,
+            selections: vec![Selection::All]
+        }]
     );
     assert!(
         matches!(app.overlay, Overlay::None),
         "no guess at the count"
     );
-    app.update(Action::Counted {
-        op: Bulk::RetryAll,
-        count: 42,
+    let all = fixtures::choice(
+        Selection::All,
+        &[("stripe", "invoice.payment_failed", 40), ("custom", "x", 2)],
+    );
+    app.update(Action::Previewed {
+        op: Bulk::Retry,
+        result: Ok(vec![all.clone()]),
     });
-    let Overlay::Confirm(confirm) = &app.overlay else {
-        panic!("expected a confirmation, got {:?}", app.overlay);
-    };
-    assert_eq!((confirm.op, confirm.count), (Bulk::RetryAll, 42));
+    assert_eq!(
+        (confirm(&app).op, confirm(&app).choice().count),
+        (Bulk::Retry, 42)
+    );
     assert!(app.update(ch('x')).is_empty(), "other keys do nothing");
     assert_eq!(
         commands(app.update(ch('y'))),
-        [Command::Run(Bulk::RetryAll)]
+        [Command::Run {
+            op: Bulk::Retry,
+            choice: all
+        }]
     );
     assert!(matches!(app.overlay, Overlay::None));
     assert_eq!(status(&app), "retrying 42 dead events…");
-    assert_eq!(app.running, Some(Bulk::RetryAll));
+    assert_eq!(app.running, Some(Bulk::Retry));
     assert!(
         commands(app.update(ch('p'))).is_empty(),
         "one bulk action at a time"
     );
     let effects = app.update(Action::Bulk {
-        op: Bulk::RetryAll,
-        result: Ok(42),
+        op: Bulk::Retry,
+        result: Ok(Outcome::Retried(Retried {
+            previewed: 42,
+            retried: 41,
+            skipped: 1,
+        })),
     });
     assert_eq!(commands(effects), [Command::Refresh]);
-    assert_eq!(status(&app), "retried 42 events");
+    assert_eq!(
+        status(&app),
+        "retried 41, 1 had changed since the preview (already retried or purged)"
+    );
     assert_eq!(app.running, None);
+}
+
+#[test]
+fn with_a_filter_or_a_cluster_in_force_retry_offers_the_narrowed_set_and_all() {
+    let mut app = fixtures::incident();
+    app.update(ch('/'));
+    for c in "cus_".chars() {
+        app.update(ch(c));
+    }
+    app.update(key(KeyCode::Enter));
+    let asked = |app: &mut App| match commands(app.update(ch('R'))).as_slice() {
+        [Command::Preview { op, selections }] => (*op, selections.clone()),
+        other => panic!("expected a preview, got {other:?}"),
+    };
+    assert_eq!(
+        asked(&mut app),
+        (Bulk::Retry, vec![cus_filter(), Selection::All])
+    );
+    app.counting = None;
+    // The cluster selected in its pane, then listed: either is what R narrows to.
+    app.update(key(KeyCode::Esc));
+    app.panes.focus = Pane::Clusters;
+    assert_eq!(
+        asked(&mut app),
+        (Bulk::Retry, vec![first_cluster(), Selection::All])
+    );
+    app.counting = None;
+    app.update(key(KeyCode::Enter));
+    assert_eq!(app.panes.focus, Pane::Dead);
+    assert_eq!(
+        asked(&mut app),
+        (Bulk::Retry, vec![first_cluster(), Selection::All])
+    );
+    let narrowed = fixtures::choice(first_cluster(), &[("stripe", "invoice.payment_failed", 40)]);
+    let all = fixtures::choice(Selection::All, &[("stripe", "invoice.payment_failed", 45)]);
+    app.update(Action::Previewed {
+        op: Bulk::Retry,
+        result: Ok(vec![narrowed.clone(), all.clone()]),
+    });
+    assert_eq!(confirm(&app).choice(), &narrowed, "the narrowed set first");
+    app.update(key(KeyCode::Tab));
+    assert_eq!(confirm(&app).choice(), &all);
+    app.update(key(KeyCode::Tab));
+    assert_eq!(confirm(&app).choice(), &narrowed);
+    assert_eq!(
+        commands(app.update(key(KeyCode::Enter))),
+        [Command::Run {
+            op: Bulk::Retry,
+            choice: narrowed
+        }]
+    );
+    assert_eq!(status(&app), "retrying 40 dead events…");
+}
+
+#[test]
+fn an_empty_narrowed_set_starts_the_question_on_all() {
+    let mut app = app();
+    app.counting = Some(Bulk::Retry);
+    let all = fixtures::choice(Selection::All, &[("custom", "x", 3)]);
+    app.update(Action::Previewed {
+        op: Bulk::Retry,
+        result: Ok(vec![fixtures::choice(cus_filter(), &[]), all.clone()]),
+    });
+    assert_eq!(confirm(&app).choice(), &all);
+    app.update(key(KeyCode::Tab));
+    assert!(
+        commands(app.update(ch('y'))).is_empty(),
+        "an empty set is not acted on"
+    );
+    assert!(matches!(app.overlay, Overlay::Confirm(_)));
+}
+
+#[test]
+fn a_canary_retries_a_few_watches_them_and_offers_the_rest_when_they_succeed() {
+    let mut app = fixtures::incident();
+    app.panes.focus = Pane::Clusters;
+    assert_eq!(
+        commands(app.update(ch('c'))),
+        [Command::Preview {
+            op: Bulk::Canary,
+            selections: vec![first_cluster()]
+        }]
+    );
+    let preview = fixtures::choice(first_cluster(), &[("stripe", "invoice.payment_failed", 12)]);
+    app.update(Action::Previewed {
+        op: Bulk::Canary,
+        result: Ok(vec![preview.clone()]),
+    });
+    assert_eq!(
+        commands(app.update(ch('y'))),
+        [Command::Run {
+            op: Bulk::Canary,
+            choice: preview.clone()
+        }]
+    );
+    assert_eq!(canary(&app).verdict, Verdict::Running);
+    let ids = vec![105, 104, 103, 102, 101];
+    assert_eq!(
+        commands(app.update(Action::Bulk {
+            op: Bulk::Canary,
+            result: Ok(Outcome::CanaryStarted(ids.clone())),
+        })),
+        [Command::Watch(ids.clone())]
+    );
+    let mut progress: Vec<_> = ids
+        .iter()
+        .map(|&id| fixtures::progress(id, "pending", Some("no business is linked")))
+        .collect();
+    progress[0].state = "succeeded".into();
+    assert!(app.update(Action::Canary(progress.clone())).is_empty());
+    assert_eq!(canary(&app).verdict, Verdict::Running);
+    assert!(
+        commands(app.update(ch('y'))).is_empty(),
+        "no rest before the verdict"
+    );
+    for p in &mut progress {
+        p.state = "succeeded".into();
+    }
+    assert_eq!(
+        commands(app.update(Action::Canary(progress))),
+        [Command::Watch(vec![])],
+        "a verdict stops the watch"
+    );
+    assert_eq!(canary(&app).verdict, Verdict::Succeeded);
+    assert_eq!(
+        status(&app),
+        "canary succeeded: all 5 were processed; y retries the other 7"
+    );
+    assert_eq!(
+        commands(app.update(ch('y'))),
+        [Command::Run {
+            op: Bulk::Retry,
+            choice: preview
+        }],
+        "the rest is the same preview's token: what died since stays dead"
+    );
+    app.update(Action::Bulk {
+        op: Bulk::Retry,
+        result: Ok(Outcome::Retried(Retried {
+            previewed: 12,
+            retried: 6,
+            skipped: 6,
+        })),
+    });
+    assert_eq!(
+        status(&app),
+        "retried the other 6 after the canary's 5, 1 had changed since the preview \
+         (already retried or purged)"
+    );
+}
+
+#[test]
+fn a_canary_that_fails_again_stops_there() {
+    let mut app = app();
+    app.counting = Some(Bulk::Canary);
+    let preview = fixtures::choice(Selection::All, &[("stripe", "invoice.payment_failed", 9)]);
+    app.update(Action::Previewed {
+        op: Bulk::Canary,
+        result: Ok(vec![preview]),
+    });
+    app.update(ch('y'));
+    app.update(Action::Bulk {
+        op: Bulk::Canary,
+        result: Ok(Outcome::CanaryStarted(vec![2, 1])),
+    });
+    app.update(Action::Canary(vec![
+        fixtures::progress(2, "succeeded", None),
+        fixtures::progress(1, "retrying", Some("no business is linked")),
+    ]));
+    assert_eq!(canary(&app).verdict, Verdict::Failed);
+    assert_eq!(
+        status(&app),
+        "canary failed again: the rest was not retried"
+    );
+    assert!(
+        commands(app.update(ch('y'))).is_empty(),
+        "no rest after a failure"
+    );
+    assert_eq!(
+        commands(app.update(key(KeyCode::Esc))),
+        [Command::Watch(vec![])]
+    );
+    assert!(matches!(app.overlay, Overlay::None));
+    assert_eq!(app.running, None);
+}
+
+#[test]
+fn a_canary_closed_before_its_verdict_retries_nothing_more() {
+    let mut app = app();
+    app.counting = Some(Bulk::Canary);
+    app.update(Action::Previewed {
+        op: Bulk::Canary,
+        result: Ok(vec![fixtures::choice(
+            Selection::All,
+            &[("custom", "x", 9)],
+        )]),
+    });
+    app.update(ch('y'));
+    app.update(Action::Bulk {
+        op: Bulk::Canary,
+        result: Ok(Outcome::CanaryStarted(vec![3])),
+    });
+    assert_eq!(
+        commands(app.update(key(KeyCode::Esc))),
+        [Command::Watch(vec![])]
+    );
+    assert_eq!(
+        status(&app),
+        "canary closed before its verdict: the rest was not retried"
+    );
+    assert!(app.update(Action::Canary(vec![])).is_empty());
 }
 
 #[test]
 fn purge_confirms_with_the_count_and_reports_what_it_deleted() {
     let mut app = app();
-    assert_eq!(commands(app.update(ch('p'))), [Command::Count(Bulk::Purge)]);
-    app.update(Action::Counted {
-        op: Bulk::Purge,
-        count: 1,
-    });
-    assert!(matches!(
-        app.overlay,
-        Overlay::Confirm(Confirm {
+    assert_eq!(
+        commands(app.update(ch('p'))),
+        [Command::Preview {
             op: Bulk::Purge,
-            count: 1
-        })
-    ));
+            selections: vec![]
+        }]
+    );
+    app.update(Action::Previewed {
+        op: Bulk::Purge,
+        result: Ok(vec![fixtures::purge_choice(1)]),
+    });
+    assert_eq!(confirm(&app).op, Bulk::Purge);
     assert_eq!(
         commands(app.update(key(KeyCode::Enter))),
-        [Command::Run(Bulk::Purge)]
+        [Command::Run {
+            op: Bulk::Purge,
+            choice: fixtures::purge_choice(1)
+        }]
     );
     app.update(Action::Bulk {
         op: Bulk::Purge,
-        result: Ok(1),
+        result: Ok(Outcome::Purged(1)),
     });
     assert_eq!(status(&app), "purged 1 dead event older than 7 days");
 }
@@ -190,9 +444,9 @@ fn declining_a_confirmation_changes_nothing() {
     for decline in [ch('n'), key(KeyCode::Esc)] {
         let mut app = app();
         app.update(ch('p'));
-        app.update(Action::Counted {
+        app.update(Action::Previewed {
             op: Bulk::Purge,
-            count: 5,
+            result: Ok(vec![fixtures::purge_choice(5)]),
         });
         assert!(app.update(decline).is_empty());
         assert!(matches!(app.overlay, Overlay::None));
@@ -204,22 +458,25 @@ fn declining_a_confirmation_changes_nothing() {
 fn nothing_to_do_is_said_without_asking() {
     let mut app = app();
     app.update(ch('p'));
-    app.update(Action::Counted {
+    app.update(Action::Previewed {
         op: Bulk::Purge,
-        count: 0,
+        result: Ok(vec![fixtures::purge_choice(0)]),
     });
     assert!(matches!(app.overlay, Overlay::None));
     assert_eq!(status(&app), "no dead events older than 7 days");
 }
 
 #[test]
-fn a_count_that_arrives_after_esc_opens_nothing() {
+fn a_preview_that_arrives_after_esc_opens_nothing() {
     let mut app = app();
     app.update(ch('R'));
     app.update(key(KeyCode::Esc));
-    app.update(Action::Counted {
-        op: Bulk::RetryAll,
-        count: 3,
+    app.update(Action::Previewed {
+        op: Bulk::Retry,
+        result: Ok(vec![fixtures::choice(
+            Selection::All,
+            &[("custom", "x", 3)],
+        )]),
     });
     assert!(matches!(app.overlay, Overlay::None));
 }

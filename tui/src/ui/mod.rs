@@ -84,10 +84,12 @@ impl Widget for &App {
             Overlay::Help => render_help(theme, area, buf),
             Overlay::Detail(view) => render_detail(self, theme, view, above_status, buf),
             Overlay::Confirm(confirm) => render_confirm(theme, confirm, area, buf),
+            Overlay::Canary(view) => render_canary(theme, view, area, buf),
         }
     }
 }
 
+mod bulk;
 mod format;
 mod header;
 mod overlays;
@@ -99,8 +101,9 @@ pub use header::resample;
 
 use format::one_line;
 
+use bulk::{render_canary, render_confirm};
 use header::{render_header, render_stats};
-use overlays::{render_confirm, render_detail, render_help};
+use overlays::{render_detail, render_help};
 use status::render_status;
 use tables::{render_clusters, render_dead, render_types};
 

@@ -1,4 +1,4 @@
-//! What opens over the panes: the help, a confirmation, an event's detail.
+//! What opens over the panes: the help and an event's detail.
 
 use super::*;
 
@@ -25,51 +25,6 @@ pub(super) fn render_help(theme: Theme, area: Rect, buf: &mut Buffer) {
         )
         .wrap(Wrap { trim: false })
         .render(spot, buf);
-}
-
-pub(super) fn render_confirm(
-    theme: Theme,
-    confirm: &crate::app::Confirm,
-    area: Rect,
-    buf: &mut Buffer,
-) {
-    let n = confirm.count;
-    let noun = crate::app::events(n.max(0) as u64);
-    let (question, consequence) = match confirm.op {
-        Bulk::RetryAll => (
-            format!("Retry all {n} dead {noun}?"),
-            "They go back to the queue with a fresh attempt budget.",
-        ),
-        Bulk::Purge => (
-            format!("Purge {n} dead {noun} older than 7 days?"),
-            "They are deleted with their attempt history.",
-        ),
-    };
-    let spot = centered(area, 62, 6);
-    Clear.render(spot, buf);
-    let style = match confirm.op {
-        Bulk::RetryAll => theme.warn(),
-        Bulk::Purge => theme.bad(),
-    };
-    Paragraph::new(vec![
-        Line::from(Span::styled(question, style.add_modifier(Modifier::BOLD))),
-        Line::from(consequence),
-        Line::from(""),
-        Line::from(vec![
-            Span::styled("y", theme.accent().add_modifier(Modifier::BOLD)),
-            Span::raw(" yes   "),
-            Span::styled("n", theme.accent().add_modifier(Modifier::BOLD)),
-            Span::raw(" / Esc no"),
-        ]),
-    ])
-    .block(
-        Block::bordered()
-            .title(" Confirm ")
-            .border_style(style)
-            .padding(Padding::horizontal(1)),
-    )
-    .wrap(Wrap { trim: true })
-    .render(spot, buf);
 }
 
 pub(super) fn render_detail(

@@ -25,7 +25,8 @@ pub(super) fn render_status(app: &App, theme: Theme, area: Rect, buf: &mut Buffe
         ])
     } else if let Some(op) = app.counting {
         let what = match op {
-            Bulk::RetryAll => "counting dead events…",
+            Bulk::Retry => "counting dead events…",
+            Bulk::Canary => "counting the dead events for a canary…",
             Bulk::Purge => "counting dead events older than 7 days…",
         };
         Line::from(Span::raw(what))

@@ -5,6 +5,8 @@ use super::*;
 use crate::action::Action;
 use crate::app::Settings;
 use crate::fixtures::{self, ago, ch, key};
+use crate::model::Outcome;
+use common::db::selection::Selection;
 use crossterm::event::KeyCode;
 
 fn draw(app: &App, width: u16, height: u16) -> Terminal<TestBackend> {
@@ -44,11 +46,75 @@ fn detail_view() {
 fn retry_all_confirmation() {
     let mut app = fixtures::app();
     app.update(ch('R'));
-    app.update(Action::Counted {
-        op: Bulk::RetryAll,
-        count: 42,
+    app.update(Action::Previewed {
+        op: Bulk::Retry,
+        result: Ok(vec![fixtures::choice(
+            Selection::All,
+            &[
+                ("stripe", "invoice.payment_failed", 30),
+                ("telnyx", "call.hangup", 10),
+                ("custom", "order.created", 2),
+            ],
+        )]),
     });
     insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+/// A cluster listed: the question offers it and every dead event, with the chosen set's types.
+#[test]
+fn retry_confirmation_with_a_cluster_in_force() {
+    let mut app = fixtures::incident();
+    app.update(key(KeyCode::BackTab));
+    app.update(key(KeyCode::Enter));
+    app.update(ch('R'));
+    let key = fixtures::incident_clusters()[0].key();
+    app.update(Action::Previewed {
+        op: Bulk::Retry,
+        result: Ok(vec![
+            fixtures::choice(
+                Selection::cluster(&key),
+                &[("stripe", "invoice.payment_failed", 40)],
+            ),
+            fixtures::choice(
+                Selection::All,
+                &[
+                    ("stripe", "invoice.payment_failed", 40),
+                    ("telnyx", "call.hangup", 3),
+                    ("custom", "order.created", 2),
+                ],
+            ),
+        ]),
+    });
+    insta::assert_snapshot!(draw(&app, 100, 32).backend());
+}
+
+#[test]
+fn canary_in_progress() {
+    let mut app = fixtures::incident();
+    app.update(key(KeyCode::BackTab));
+    app.update(ch('c'));
+    let key = fixtures::incident_clusters()[0].key();
+    app.update(Action::Previewed {
+        op: Bulk::Canary,
+        result: Ok(vec![fixtures::choice(
+            Selection::cluster(&key),
+            &[("stripe", "invoice.payment_failed", 40)],
+        )]),
+    });
+    app.update(ch('y'));
+    app.update(Action::Bulk {
+        op: Bulk::Canary,
+        result: Ok(Outcome::CanaryStarted(vec![105, 104, 103, 102, 101])),
+    });
+    let error = Some("no business is linked to Stripe customer cus_Q5");
+    app.update(Action::Canary(vec![
+        fixtures::progress(105, "succeeded", None),
+        fixtures::progress(104, "succeeded", None),
+        fixtures::progress(103, "processing", error),
+        fixtures::progress(102, "pending", error),
+        fixtures::progress(101, "pending", error),
+    ]));
+    insta::assert_snapshot!(draw(&app, 100, 32).backend());
 }
 
 #[test]
