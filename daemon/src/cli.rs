@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::Source;
-use common::db::dlq::{self, DeadFilter};
+use common::db::archive::{self, Actor, ArchiveTarget};
+use common::db::dlq::{self, DeadFilter, PurgeFilter, PurgePreview, PurgeToken};
 use common::db::selection::{self, Preview, Selection, Token, Verdict};
 use common::db::{clusters, events};
 use serde_json::json;
@@ -102,13 +103,36 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete dead events that died longer ago than the given age (e.g. 7d, 12h).
+    /// Delete dead events that died longer ago than the given age (e.g. 7d, 12h), or the
+    /// superseded ones. They are first written with their attempts to an archive in
+    /// HOOKD_ARCHIVE_DIR (a purge whose archive cannot be written deletes nothing), and the
+    /// purge is recorded in audit_logs with the archive's path and SHA-256.
     Purge {
-        #[arg(long, value_parser = parse_age)]
-        older_than: Duration,
+        #[arg(long, value_parser = parse_age,
+              required_unless_present_any = ["superseded", "token"])]
+        older_than: Option<Duration>,
+        /// Only superseded dead events: Stripe events whose customer already has newer state
+        /// applied, which a retry would not change.
+        #[arg(long)]
+        superseded: bool,
+        /// Print the preview (count, breakdown by type, superseded, token) and delete nothing.
+        #[arg(long, conflicts_with = "token")]
+        dry_run: bool,
+        /// Purge exactly the set a `--dry-run` previewed: events that died after it are kept,
+        /// those retried meanwhile are skipped and reported.
+        #[arg(long, conflicts_with_all = ["older_than", "superseded"])]
+        token: Option<String>,
         /// Purge even with an age under 1h.
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the events of a purge archive back as dead events, with their attempts. An event
+    /// that is stored already is skipped and reported, so restoring twice is harmless.
+    Restore {
+        /// The archive a purge wrote (`dlq-purge-*.ndjson.gz`).
+        archive: std::path::PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -206,18 +230,20 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
             } else if dead.is_empty() {
                 "the dead-letter queue is empty".to_owned()
             } else {
+                // `superseded`: newer state of its object is applied, a retry changes nothing.
                 let mut out = format!(
-                    "{:>8}  {:<6}  {:<32}  {:>8}  {:<20}  last error\n",
-                    "id", "source", "type", "attempts", "died"
+                    "{:>8}  {:<6}  {:<32}  {:>8}  {:<20}  {:<10}  last error\n",
+                    "id", "source", "type", "attempts", "died", "superseded"
                 );
                 for e in dead {
                     out.push_str(&format!(
-                        "{:>8}  {:<6}  {:<32}  {:>8}  {:<20}  {}\n",
+                        "{:>8}  {:<6}  {:<32}  {:>8}  {:<20}  {:<10}  {}\n",
                         e.id,
                         e.source,
                         e.event_type,
                         e.attempts,
                         e.dead_at.format("%Y-%m-%d %H:%M:%S"),
+                        if e.superseded { "yes" } else { "" },
                         e.last_error.unwrap_or_default().replace('\n', " "),
                     ));
                 }
@@ -234,13 +260,14 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
                 // The sample is an event to `dlq retry` or look up; the cause is what its
                 // error has in common with the rest.
                 let mut out = format!(
-                    "{:>8}  {:<6}  {:<32}  {:<20}  {:<20}  {:>8}  cause\n",
-                    "count", "source", "type", "first death", "last death", "sample"
+                    "{:>8}  {:>10}  {:<6}  {:<32}  {:<20}  {:<20}  {:>8}  cause\n",
+                    "count", "superseded", "source", "type", "first death", "last death", "sample"
                 );
                 for c in found {
                     out.push_str(&format!(
-                        "{:>8}  {:<6}  {:<32}  {:<20}  {:<20}  {:>8}  {}\n",
+                        "{:>8}  {:>10}  {:<6}  {:<32}  {:<20}  {:<20}  {:>8}  {}\n",
                         c.count,
+                        c.superseded,
                         c.source,
                         c.event_type,
                         c.first_death.format("%Y-%m-%d %H:%M:%S"),
@@ -290,10 +317,33 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
         }
         DlqCommand::Purge {
             older_than,
+            superseded,
+            dry_run,
+            token,
             force,
             json,
         } => {
-            if purge_needs_force(older_than) && !force {
+            let token = match token {
+                Some(text) => PurgeToken::decode(&text)?,
+                None => {
+                    let filter = PurgeFilter {
+                        older_than_secs: older_than
+                            .map(|age| chrono_age(age).map(|a| a.num_seconds()))
+                            .transpose()?,
+                        superseded,
+                    };
+                    if dry_run {
+                        let preview = dlq::purge_preview(pool, &filter).await?;
+                        return show_purge_preview(&preview, json);
+                    }
+                    PurgeToken::unbounded(filter)
+                }
+            };
+            let age = token
+                .filter
+                .older_than_secs
+                .map(|s| Duration::from_secs(s.max(0).unsigned_abs()));
+            if age.is_some_and(purge_needs_force) && !force {
                 anyhow::bail!(
                     "refusing to purge with an age under {}: purged events are gone for good, \
                      and the providers' resends of them would be dropped as duplicates; \
@@ -301,17 +351,59 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
                     humantime::format_duration(PURGE_FORCE_BELOW)
                 );
             }
-            let n = dlq::purge_older_than(pool, chrono_age(older_than)?).await?;
+            let sources = crate::config::Sources::from_process()?;
+            let target = ArchiveTarget::from(crate::config::archive_dir(&sources)?);
+            let receipt = archive::purge(pool, &token, &target, &Actor::os_user("cli")).await?;
             if json {
-                json!({ "purged": n }).to_string()
+                serde_json::to_string(&receipt)?
             } else {
-                format!(
-                    "purged {n} dead events older than {}",
-                    humantime::format_duration(older_than)
-                )
+                receipt.to_string()
+            }
+        }
+        DlqCommand::Restore {
+            archive: path,
+            json,
+        } => {
+            let done = archive::restore(pool, &path, &Actor::os_user("cli")).await?;
+            if json {
+                serde_json::to_string(&done)?
+            } else {
+                done.to_string()
             }
         }
     })
+}
+
+fn show_purge_preview(preview: &PurgePreview, json: bool) -> anyhow::Result<String> {
+    let token = preview.token.encode();
+    if json {
+        return Ok(json!({
+            "filter": preview.token.filter,
+            "count": preview.count(),
+            "superseded": preview.superseded,
+            "by_type": preview.by_type,
+            "token": token,
+        })
+        .to_string());
+    }
+    let mut out = format!(
+        "{} {} to purge: {} ({} superseded)\n",
+        preview.count(),
+        if preview.count() == 1 { "is" } else { "are" },
+        preview.token.filter.describe(),
+        preview.superseded,
+    );
+    for t in &preview.by_type {
+        out.push_str(&format!(
+            "{:>8}  {:<6}  {:<32}  {} superseded\n",
+            t.count, t.source, t.event_type, t.superseded
+        ));
+    }
+    out.push_str(&format!(
+        "nothing was deleted; to purge exactly these (archived first):\n  \
+         hookd dlq purge --token {token}"
+    ));
+    Ok(out)
 }
 
 fn show_preview(preview: &Preview, json: bool) -> anyhow::Result<String> {
@@ -432,17 +524,25 @@ pub async fn events(pool: &PgPool, command: EventsCommand) -> anyhow::Result<Str
     let mut shown = Vec::with_capacity(found.len());
     for event in found {
         let attempts = events::attempts(pool, event.id).await?;
-        shown.push((event, attempts));
+        // None unless dead: only a dead event can be superseded.
+        let superseded = dlq::superseded(pool, event.id).await?;
+        shown.push((event, attempts, superseded));
     }
     if json {
         let all: Vec<_> = shown
             .iter()
-            .map(|(event, attempts)| json!({ "event": event, "attempts": attempts }))
+            .map(|(event, attempts, superseded)| {
+                json!({
+                    "event": event,
+                    "attempts": attempts,
+                    "superseded": superseded.unwrap_or(false),
+                })
+            })
             .collect();
         return Ok(serde_json::to_string_pretty(&all)?);
     }
     let mut out = String::new();
-    for (e, attempts) in shown {
+    for (e, attempts, superseded) in shown {
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map_or("-".to_owned(), |t| {
                 t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
@@ -463,6 +563,11 @@ pub async fn events(pool: &PgPool, command: EventsCommand) -> anyhow::Result<Str
         ));
         if let Some(error) = &e.last_error {
             out.push_str(&format!("  last error {}\n", error.replace('\n', " ")));
+        }
+        if superseded == Some(true) {
+            out.push_str(
+                "  superseded newer state of its customer is applied: a retry changes nothing\n",
+            );
         }
         for a in &attempts {
             out.push_str(&format!(

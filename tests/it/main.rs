@@ -2,6 +2,7 @@
 //! Each `#[sqlx::test]` gets a private database with the migrations applied.
 
 mod admin;
+mod archive;
 mod badinput;
 mod bench;
 mod clusters;
@@ -20,5 +21,6 @@ mod processing;
 mod providers;
 mod runbook;
 mod selection;
+mod superseded;
 mod systemd;
 mod upgrade;

@@ -207,16 +207,11 @@ impl Writer {
     /// ended before, for [`Writer::cut`].
     fn append(&mut self, events: &[ArchivedEvent]) -> std::io::Result<u64> {
         let start = self.file.seek(std::io::SeekFrom::End(0))?;
-        let mut gz = flate2::write::GzEncoder::new(
-            std::io::BufWriter::new(&mut self.file),
-            flate2::Compression::default(),
-        );
-        for event in events {
-            serde_json::to_writer(&mut gz, event)?;
-            gz.write_all(b"\n")?;
+        if let Err(e) = write_member(&mut self.file, events) {
+            // A half-written member would make the rest of the file unreadable.
+            let _ = self.file.set_len(start);
+            return Err(e);
         }
-        gz.finish()?.flush()?;
-        self.file.sync_data()?;
         Ok(start)
     }
 
@@ -231,6 +226,19 @@ impl Writer {
         std::io::copy(&mut File::open(&self.path)?, &mut hasher)?;
         Ok(hex::encode(hasher.finalize()))
     }
+}
+
+fn write_member(file: &mut File, events: &[ArchivedEvent]) -> std::io::Result<()> {
+    let mut gz = flate2::write::GzEncoder::new(
+        std::io::BufWriter::new(&mut *file),
+        flate2::Compression::default(),
+    );
+    for event in events {
+        serde_json::to_writer(&mut gz, event)?;
+        gz.write_all(b"\n")?;
+    }
+    gz.finish()?.flush()?;
+    file.sync_data()
 }
 
 /// The archive writer moved onto a blocking thread for each write, so a purge from the
@@ -512,8 +520,47 @@ async fn drop_day(
     } else {
         "event_attempts"
     };
-    let mut held = 0u64;
     let mut first: Option<u64> = None;
+    let archived = archive_day(&mut tx, &events_day, attempts_table, archive, &mut first).await;
+    let dropped = match archived {
+        Ok(held) => sqlx::query_scalar::<_, bool>("SELECT hookd_drop_dead_day($1, false)")
+            .bind(day)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ArchiveError::from)
+            .map(|_| held),
+        Err(e) => Err(e),
+    };
+    let committed = match dropped {
+        Ok(held) => tx.commit().await.map(|()| held).map_err(ArchiveError::from),
+        Err(e) => Err(e),
+    };
+    match committed {
+        Ok(held) => {
+            archive.purged += held;
+            Ok(())
+        }
+        Err(e) => Err(archive.cut(first, e).await),
+    }
+}
+
+/// Writes one locked day's events to the archive (only counts them when archiving is off);
+/// how many it holds. `first` is where the day's part of the archive begins.
+async fn archive_day(
+    tx: &mut PgConnection,
+    events_day: &str,
+    attempts_table: &str,
+    archive: &mut Archive,
+    first: &mut Option<u64>,
+) -> Result<u64, ArchiveError> {
+    if archive.writer.is_none() {
+        // Nothing to write: the count is all that is needed, and the drop stays fast.
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {events_day}"))
+            .fetch_one(&mut *tx)
+            .await?;
+        return Ok(n.unsigned_abs());
+    }
+    let mut held = 0;
     let mut after = i64::MIN;
     loop {
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
@@ -523,29 +570,14 @@ async fn drop_day(
         .bind(dlq::BATCH)
         .fetch_all(&mut *tx)
         .await?;
-        let Some(&last) = ids.last() else { break };
+        let Some(&last) = ids.last() else {
+            return Ok(held);
+        };
         after = last;
         held += ids.len() as u64;
-        if archive.writer.is_some() {
-            let events = fetch(&mut tx, &ids, &events_day, attempts_table).await?;
-            let start = archive.append(events).await?;
-            first = first.or(start);
-        }
-    }
-    let dropped = sqlx::query_scalar::<_, bool>("SELECT hookd_drop_dead_day($1, false)")
-        .bind(day)
-        .fetch_one(&mut *tx)
-        .await;
-    let committed = match dropped {
-        Ok(_) => tx.commit().await,
-        Err(e) => Err(e),
-    };
-    match committed {
-        Ok(()) => {
-            archive.purged += held;
-            Ok(())
-        }
-        Err(e) => Err(archive.cut(first, e.into()).await),
+        let events = fetch(&mut *tx, &ids, events_day, attempts_table).await?;
+        let start = archive.append(events).await?;
+        *first = first.or(start);
     }
 }
 

@@ -7,8 +7,11 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use common::Source;
+use common::db::archive::{self, Actor, ArchiveError};
 use common::db::clusters::{self, Cluster};
-use common::db::dlq::{self, DeadEvent, DeadFilter, DlqError};
+use common::db::dlq::{
+    self, DeadEvent, DeadFilter, DlqError, PurgeFilter, PurgeToken, PurgeTypeCount,
+};
 use common::db::selection::{self, Selection, Token, TypeCount};
 use common::db::stats;
 use secrecy::ExposeSecret;
@@ -408,37 +411,95 @@ pub async fn retry(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PurgeQuery {
-    /// Purge the events that died longer ago than this age, such as `7d` or `12h`.
-    #[param(required = true, value_type = String, example = "7d")]
+    /// Purge the events that died longer ago than this age, such as `7d` or `12h`; required
+    /// unless `superseded` or `token` is given.
+    #[param(value_type = String, example = "7d")]
     older_than: Option<String>,
+    /// Purge only superseded dead events (Stripe events whose customer already has newer
+    /// state applied).
+    #[serde(default)]
+    #[param(default = false)]
+    superseded: bool,
+    /// Purge exactly what a purge preview counted (its `token`), instead of `older_than` and
+    /// `superseded`.
+    token: Option<String>,
     /// Needed for an age under 1h.
     #[serde(default)]
     #[param(default = false)]
     force: bool,
 }
 
-/// What a purge deleted.
+/// The admin token's name in `audit_logs`: hookd has one token, so one label.
+const ADMIN_LABEL: &str = "admin-token";
+
+/// The filter `older_than` and `superseded` give, refusing a missing or bad age.
+fn purge_filter(older_than: Option<&str>, superseded: bool) -> Result<PurgeFilter, ApiError> {
+    let secs = match older_than {
+        None if superseded => None,
+        None => {
+            return Err(ApiError::BadRequest(
+                "older_than is required, e.g. ?older_than=7d (or superseded=true)".into(),
+            ));
+        }
+        Some(text) => Some(
+            crate::cli::parse_age(text)
+                .ok()
+                .and_then(|age| chrono::Duration::from_std(age).ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("older_than must be an age such as 7d or 12h".into())
+                })?
+                .num_seconds(),
+        ),
+    };
+    Ok(PurgeFilter {
+        older_than_secs: secs,
+        superseded,
+    })
+}
+
+/// What a purge deleted, and where it archived them first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Purged {
-    /// How many dead events were deleted.
+    /// How many dead events were deleted (and archived).
     purged: u64,
-    /// The age as given.
-    older_than: String,
+    /// The age as given; null for a purge by token or of superseded events of any age.
+    #[schema(required = true)]
+    older_than: Option<String>,
+    /// How many the preview counted (0 without a token).
+    previewed: i64,
+    /// Previewed, but retried or purged meanwhile: left alone.
+    skipped: i64,
+    /// The archive on the hookd host, null when archiving is off (`HOOKD_ARCHIVE_DIR=off`).
+    #[schema(required = true)]
+    archive: Option<String>,
+    /// SHA-256 of the archive file, hex; also in the `audit_logs` row of the purge.
+    #[schema(required = true)]
+    sha256: Option<String>,
+    /// What was purged, in words.
+    filter: String,
 }
 
 /// Purge dead events
 ///
-/// Deletes, for good, the dead events that died longer ago than `older_than`.
+/// Deletes the dead events that died longer ago than `older_than` (or the superseded ones, or
+/// exactly those a purge preview counted), after writing them with their attempts to a gzip
+/// NDJSON archive on the hookd host (`HOOKD_ARCHIVE_DIR`); the purge is recorded in
+/// `audit_logs` with the archive's path and SHA-256. `hookd dlq restore` brings them back.
 #[utoipa::path(
     delete,
     path = "/api/webhooks/dlq",
     tag = "dlq",
     params(PurgeQuery),
     responses(
-        (status = 200, description = "The events were deleted", body = Purged,
-            example = json!({"purged": 12, "older_than": "7d"})),
+        (status = 200, description = "The events were archived and deleted", body = Purged,
+            example = json!({"purged": 12, "older_than": "7d", "previewed": 0, "skipped": 0,
+                "archive": "/var/lib/hookd/archive/dlq-purge-20261203T061500.123Z-812.ndjson.gz",
+                "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "filter": "dead events that died more than 7d ago"})),
         (status = 400, description = "`older_than` is missing or not an age, or under 1h \
-            without `force=true`", body = ErrorBody),
+            without `force=true`, or the token is not one", body = ErrorBody),
+        (status = 409, description = "The archive cannot be written: nothing was deleted",
+            body = ErrorBody),
     )
 )]
 pub async fn purge(
@@ -446,16 +507,15 @@ pub async fn purge(
     query: Result<Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sorted<Purged>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let text = query.older_than.ok_or_else(|| {
-        ApiError::BadRequest("older_than is required, e.g. ?older_than=7d".into())
-    })?;
-    let std_age = crate::cli::parse_age(&text).ok();
-    let age = std_age
-        .and_then(|age| chrono::Duration::from_std(age).ok())
-        .ok_or_else(|| {
-            ApiError::BadRequest("older_than must be an age such as 7d or 12h".into())
-        })?;
-    if std_age.is_some_and(crate::cli::purge_needs_force) && !query.force {
+    let token = match &query.token {
+        Some(text) => PurgeToken::decode(text).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        None => PurgeToken::unbounded(purge_filter(query.older_than.as_deref(), query.superseded)?),
+    };
+    let age = token
+        .filter
+        .older_than_secs
+        .map(|s| std::time::Duration::from_secs(s.max(0).unsigned_abs()));
+    if age.is_some_and(crate::cli::purge_needs_force) && !query.force {
         return Err(ApiError::BadRequest(format!(
             "refusing to purge with older_than under {}: purged events are gone for good, and \
              the providers' resends of them would be dropped as duplicates; add force=true to \
@@ -463,10 +523,88 @@ pub async fn purge(
             humantime::format_duration(crate::cli::PURGE_FORCE_BELOW)
         )));
     }
-    let purged = dlq::purge_older_than(state.pool(), age).await?;
+    let actor = Actor::new(ADMIN_LABEL, "admin-api");
+    let receipt = match archive::purge(state.pool(), &token, &state.inner.archive, &actor).await {
+        Ok(receipt) => receipt,
+        Err(e @ ArchiveError::Write { .. }) => {
+            tracing::error!(error = %e, "purge refused");
+            return Err(ApiError::Conflict(e.to_string()));
+        }
+        Err(ArchiveError::Database(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::Conflict(e.to_string())),
+    };
     Ok(Sorted(Purged {
-        purged,
-        older_than: text,
+        purged: receipt.purged,
+        older_than: query.older_than.filter(|_| query.token.is_none()),
+        previewed: receipt.previewed,
+        skipped: receipt.skipped,
+        archive: receipt.archive.map(|p| p.display().to_string()),
+        sha256: receipt.sha256,
+        filter: receipt.filter,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PurgePreviewQuery {
+    /// Count the events that died longer ago than this age, such as `7d`; required unless
+    /// `superseded` is given.
+    #[param(value_type = String, example = "7d")]
+    older_than: Option<String>,
+    /// Count only superseded dead events.
+    #[serde(default)]
+    #[param(default = false)]
+    superseded: bool,
+}
+
+/// What a purge would delete, and the token that deletes exactly that.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PurgePreviewBody {
+    /// What the purge is for, in words.
+    filter: String,
+    /// How many dead events it would delete.
+    count: i64,
+    /// How many of them are superseded (a retry would change nothing).
+    superseded: i64,
+    /// The largest first.
+    by_type: Vec<PurgeTypeCount>,
+    /// Pass as `token` to `DELETE /api/webhooks/dlq` to purge exactly these events.
+    token: String,
+}
+
+/// Preview a purge
+///
+/// Counts the dead events a purge would delete, by type and how many are superseded, and
+/// returns a token naming exactly that set: a purge with it keeps events that die later, and
+/// reports those retried meanwhile as skipped.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/dlq/purge-preview",
+    tag = "dlq",
+    params(PurgePreviewQuery),
+    responses(
+        (status = 200, description = "The preview", body = PurgePreviewBody,
+            example = json!({"filter": "dead events that died more than 7d ago", "count": 3,
+                "superseded": 1,
+                "by_type": [{"source": "stripe", "event_type": "customer.subscription.updated",
+                             "count": 3, "superseded": 1}],
+                "token": "eyJmaWx0ZXIiOnsib2xkZXJfdGhhbl9zZWNzIjo2MDQ4MDAsInN1cGVyc2VkZWQiOmZhbHNlfX0"})),
+        (status = 400, description = "`older_than` is missing or not an age", body = ErrorBody),
+    )
+)]
+pub async fn purge_preview(
+    State(state): State<AppState>,
+    query: Result<Query<PurgePreviewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sorted<PurgePreviewBody>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let filter = purge_filter(query.older_than.as_deref(), query.superseded)?;
+    let preview = dlq::purge_preview(state.pool(), &filter).await?;
+    Ok(Sorted(PurgePreviewBody {
+        filter: filter.describe(),
+        count: preview.count(),
+        superseded: preview.superseded,
+        token: preview.token.encode(),
+        by_type: preview.by_type,
     }))
 }
 

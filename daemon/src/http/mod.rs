@@ -52,6 +52,8 @@ struct Inner {
     limits: rate_limit::Limits,
     metrics: Arc<Metrics>,
     heartbeat: Option<Heartbeat>,
+    /// Where admin purges archive what they delete.
+    archive: common::db::archive::ArchiveTarget,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
                 limits: rate_limit::Limits::new(config),
                 metrics,
                 heartbeat,
+                archive: config.archive_dir.clone().into(),
             }),
         }
     }
@@ -111,6 +114,7 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list_dead, admin::retry, admin::purge))
         .routes(routes!(admin::list_clusters))
         .routes(routes!(admin::preview))
+        .routes(routes!(admin::purge_preview))
         .routes(routes!(admin::analytics))
         .routes(routes!(admin::metrics))
         .routes(routes!(openapi::serve))
