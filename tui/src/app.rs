@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::db::archive::ArchiveTarget;
 use common::db::clusters::{Cluster, ClusterKey};
 use common::db::dlq::DeadEvent;
 use common::db::selection::{self, Progress, Selection, Verdict};
@@ -260,6 +261,8 @@ pub struct Settings {
     pub alert_below: f64,
     pub notify: bool,
     pub color: bool,
+    /// Where purges archive, for the confirmation to say.
+    pub archive: ArchiveTarget,
 }
 
 impl Default for Settings {
@@ -268,6 +271,7 @@ impl Default for Settings {
             alert_below: 0.9,
             notify: true,
             color: true,
+            archive: ArchiveTarget::Dir("/var/lib/hookd/archive".into()),
         }
     }
 }
@@ -788,7 +792,9 @@ impl App {
             let text = match op {
                 Bulk::Retry => "no dead events to retry",
                 Bulk::Canary => "no dead events to try a canary on",
-                Bulk::Purge => "no dead events older than 7 days",
+                Bulk::Purge => {
+                    "nothing to purge: no dead events older than 7 days, none superseded"
+                }
             };
             self.say(Level::Info, text);
             return Vec::new();
@@ -870,10 +876,10 @@ impl App {
                 };
                 self.say(Level::Success, text);
             }
-            Outcome::Purged(n) => self.say(
-                Level::Success,
-                format!("purged {n} dead {} older than 7 days", events(n)),
-            ),
+            // The receipt's archive line joins the status line.
+            Outcome::Purged(receipt) => {
+                self.say(Level::Success, receipt.to_string().replace('\n', " · "))
+            }
             Outcome::CanaryStarted(ids) => {
                 let Overlay::Canary(view) = &mut self.overlay else {
                     self.say(

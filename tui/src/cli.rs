@@ -1,6 +1,7 @@
 //! Command line. The database URL may carry a password, so it is never echoed.
 
 use clap::Parser;
+use common::db::archive::ArchiveTarget;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +28,16 @@ pub struct Cli {
     /// No desktop notifications.
     #[arg(long)]
     pub no_notify: bool,
+
+    /// Where a purge archives the events it deletes, as hookd's own purges do; `off` keeps no
+    /// copy.
+    #[arg(
+        long,
+        env = "HOOKD_ARCHIVE_DIR",
+        default_value = "/var/lib/hookd/archive",
+        value_parser = archive_target
+    )]
+    pub archive_dir: ArchiveTarget,
 
     /// Time N refreshes against the database, print the median and exit (no terminal UI).
     #[arg(long, hide = true, value_name = "N")]
@@ -63,6 +74,14 @@ impl Packaging {
                 clap_mangen::generate_to(Cli::command(), &dir)
             }
         }
+    }
+}
+
+fn archive_target(raw: &str) -> Result<ArchiveTarget, String> {
+    match raw.trim() {
+        "" => Err("expected a directory, or off".to_owned()),
+        "off" => Ok(ArchiveTarget::Off),
+        dir => Ok(ArchiveTarget::Dir(dir.into())),
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::Source;
+use common::db::archive::{self, Actor, ArchiveError, ArchiveTarget};
 use common::db::clusters::{self, ClusterKey};
-use common::db::dlq::{self, DeadFilter};
+use common::db::dlq::{self, DeadFilter, PurgeFilter};
 use common::db::events;
-use common::db::selection::{self, Selection};
+use common::db::selection::{self, Selection, TypeCount};
 use common::db::stats;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -18,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::action::{Action, Command};
-use crate::model::{Bulk, Choice, Outcome};
+use crate::model::{Bound, Bulk, Choice, Outcome};
 pub use crate::model::{Detail, Snapshot};
 
 /// Refresh at least this often, in case a notification was lost (or hookd is an older build).
@@ -139,6 +140,7 @@ pub async fn detail(pool: &PgPool, id: i64) -> sqlx::Result<Option<Detail>> {
         return Ok(None);
     };
     let attempts = events::attempts(pool, id).await?;
+    let superseded = dlq::superseded(pool, id).await?.unwrap_or(false);
     let pretty =
         serde_json::to_string_pretty(&event.payload).unwrap_or_else(|_| event.payload.to_string());
     let mut payload: Vec<String> = pretty
@@ -154,6 +156,7 @@ pub async fn detail(pool: &PgPool, id: i64) -> sqlx::Result<Option<Detail>> {
         event,
         attempts,
         payload,
+        superseded,
     }))
 }
 
@@ -168,22 +171,26 @@ pub fn describe(err: &sqlx::Error) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
-/// Runs until `commands` closes. Reports to `actions`; a closed `actions` ends it too.
+/// Runs until `commands` closes. Reports to `actions`; a closed `actions` ends it too. Purges
+/// archive into `archive`.
 pub async fn run(
     pool: PgPool,
+    archive: ArchiveTarget,
     commands: mpsc::UnboundedReceiver<Command>,
     actions: mpsc::UnboundedSender<Action>,
 ) {
-    run_with_fallback(pool, commands, actions, FALLBACK_REFRESH).await;
+    run_with_fallback(pool, archive, commands, actions, FALLBACK_REFRESH).await;
 }
 
 /// [`run`] with another fallback period (tests make it long to see what NOTIFY alone does).
 pub async fn run_with_fallback(
     pool: PgPool,
+    archive: ArchiveTarget,
     mut commands: mpsc::UnboundedReceiver<Command>,
     actions: mpsc::UnboundedSender<Action>,
     fallback_every: Duration,
 ) {
+    let archive = Arc::new(archive);
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
     let clusters_wake = Arc::new(Notify::new());
@@ -218,7 +225,13 @@ pub async fn run_with_fallback(
                     dirty = true;
                 }
                 Some(other) => {
-                    tokio::spawn(execute(pool.clone(), other, actions.clone(), wake.clone()));
+                    tokio::spawn(execute(
+                        pool.clone(),
+                        archive.clone(),
+                        other,
+                        actions.clone(),
+                        wake.clone(),
+                    ));
                 }
             },
             () = wake.notified() => dirty = true,
@@ -294,6 +307,7 @@ async fn refresh_clusters(pool: PgPool, wake: Arc<Notify>, actions: mpsc::Unboun
 
 async fn execute(
     pool: PgPool,
+    archive: Arc<ArchiveTarget>,
     command: Command,
     actions: mpsc::UnboundedSender<Action>,
     wake: Arc<Notify>,
@@ -317,7 +331,7 @@ async fn execute(
         },
         Command::Run { op, choice } => Action::Bulk {
             op,
-            result: run_bulk(&pool, op, &choice).await,
+            result: run_bulk(&pool, &archive, op, &choice).await,
         },
         Command::Find(key) => Action::Found {
             result: events::find(&pool, &key)
@@ -345,16 +359,34 @@ async fn execute(
     }
 }
 
-/// The choices a confirmation offers for `op`, each counted in a snapshot of its own.
+/// The choices a confirmation offers for `op`, each counted in a snapshot of its own. A purge
+/// offers what died more than 7 days ago, and the superseded dead events of any age.
 async fn preview(pool: &PgPool, op: Bulk, selections: &[Selection]) -> sqlx::Result<Vec<Choice>> {
     if op == Bulk::Purge {
-        let count = dlq::count_older_than(pool, PURGE_AGE).await?;
-        return Ok(vec![Choice {
-            what: "dead events older than 7 days".to_owned(),
-            count,
-            by_type: Vec::new(),
-            token: None,
-        }]);
+        let superseded = PurgeFilter {
+            older_than_secs: None,
+            superseded: true,
+        };
+        let mut choices = Vec::with_capacity(2);
+        for filter in [PurgeFilter::older_than(PURGE_AGE), superseded] {
+            let preview = dlq::purge_preview(pool, &filter).await?;
+            choices.push(Choice {
+                what: filter.describe(),
+                count: preview.count(),
+                by_type: preview
+                    .by_type
+                    .into_iter()
+                    .map(|t| TypeCount {
+                        source: t.source,
+                        event_type: t.event_type,
+                        count: t.count,
+                    })
+                    .collect(),
+                superseded: Some(preview.superseded),
+                bound: Bound::Purge(preview.token),
+            });
+        }
+        return Ok(choices);
     }
     let mut choices = Vec::with_capacity(selections.len());
     for selection in selections {
@@ -363,23 +395,38 @@ async fn preview(pool: &PgPool, op: Bulk, selections: &[Selection]) -> sqlx::Res
             what: selection.describe(),
             count: preview.count(),
             by_type: preview.by_type,
-            token: Some(preview.token),
+            superseded: None,
+            bound: Bound::Retry(preview.token),
         });
     }
     Ok(choices)
 }
 
-async fn run_bulk(pool: &PgPool, op: Bulk, choice: &Choice) -> Result<Outcome, String> {
-    let done = match (op, &choice.token) {
-        (Bulk::Purge, _) => dlq::purge_older_than(pool, PURGE_AGE)
-            .await
-            .map(Outcome::Purged),
-        (Bulk::Retry, Some(token)) => selection::retry(pool, token).await.map(Outcome::Retried),
-        (Bulk::Canary, Some(token)) => selection::canary(pool, token, CANARY_SIZE)
+async fn run_bulk(
+    pool: &PgPool,
+    archive: &ArchiveTarget,
+    op: Bulk,
+    choice: &Choice,
+) -> Result<Outcome, String> {
+    let done = match (op, &choice.bound) {
+        (Bulk::Purge, Bound::Purge(token)) => {
+            let actor = Actor::os_user("hooktop");
+            return archive::purge(pool, token, archive, &actor)
+                .await
+                .map(Outcome::Purged)
+                .map_err(|e| match e {
+                    ArchiveError::Database(e) => describe(&e),
+                    other => other.to_string(),
+                });
+        }
+        (Bulk::Retry, Bound::Retry(token)) => {
+            selection::retry(pool, token).await.map(Outcome::Retried)
+        }
+        (Bulk::Canary, Bound::Retry(token)) => selection::canary(pool, token, CANARY_SIZE)
             .await
             .map(Outcome::CanaryStarted),
-        // Only a purge is previewed without a token; a retry never runs on a guess.
-        (Bulk::Retry | Bulk::Canary, None) => return Err("nothing was previewed".to_owned()),
+        // The app pairs each action with its own kind of preview.
+        (op, bound) => return Err(format!("{op:?} cannot act on {bound:?}")),
     };
     done.map_err(|e| describe(&e))
 }
@@ -476,7 +523,9 @@ mod tests {
             let pool = pool.clone();
             let key = key.to_owned();
             async move {
-                execute(pool, Command::Find(key), actions, Arc::new(Notify::new())).await;
+                let archive = Arc::new(ArchiveTarget::Off);
+                let wake = Arc::new(Notify::new());
+                execute(pool, archive, Command::Find(key), actions, wake).await;
                 match answers.recv().await {
                     Some(Action::Found { result, .. }) => result.unwrap(),
                     other => panic!("{other:?}"),
@@ -521,7 +570,7 @@ mod tests {
         seed(&pool).await;
         let (_commands, commands_rx) = mpsc::unbounded_channel();
         let (actions, mut actions_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(pool.clone(), commands_rx, actions));
+        let task = tokio::spawn(run(pool.clone(), ArchiveTarget::Off, commands_rx, actions));
         let clusters = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 if let Some(Action::Clusters(list)) = actions_rx.recv().await {

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::db::archive::PurgeReceipt;
 use common::db::clusters::Cluster;
-use common::db::dlq::DeadEvent;
+use common::db::dlq::{DeadEvent, PurgeFilter};
 use common::db::events::{Attempt, EventDetail};
 use common::db::selection::{Progress, Selection, TypeCount};
 use common::db::stats::{Queue, Totals, TypeCounts};
@@ -12,7 +13,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::action::Action;
 use crate::app::{App, Settings};
-use crate::model::{Choice, Detail, Snapshot};
+use crate::model::{Bound, Choice, Detail, Snapshot};
 
 pub fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-29T03:00:00Z")
@@ -57,6 +58,7 @@ pub fn dead(id: i64, died_secs_ago: i64, source: &str, event_type: &str, error: 
         last_error: Some(error.into()),
         received_at: ago(died_secs_ago + 90),
         dead_at: ago(died_secs_ago),
+        superseded: false,
     }
 }
 
@@ -78,6 +80,7 @@ pub fn cluster(
         last_death: ago(last),
         sample_id,
         sample_error: Some(sample_error.into()),
+        superseded: 0,
     }
 }
 
@@ -292,6 +295,7 @@ pub fn detail() -> Detail {
             .lines()
             .map(str::to_owned)
             .collect(),
+        superseded: false,
     }
 }
 
@@ -323,24 +327,74 @@ pub fn choice(selection: Selection, by_type: &[(&str, &str, i64)]) -> Choice {
     Choice {
         what: selection.describe(),
         count,
-        by_type: by_type
-            .iter()
-            .map(|&(source, event_type, count)| TypeCount {
-                source: source.into(),
-                event_type: event_type.into(),
-                count,
-            })
-            .collect(),
-        token: Some(token),
+        by_type: type_counts(by_type),
+        superseded: None,
+        bound: Bound::Retry(token),
     }
 }
 
-pub fn purge_choice(count: i64) -> Choice {
+/// A purge's choice as its preview would return it: what died more than 7 days ago.
+pub fn purge_choice(by_type: &[(&str, &str, i64)], superseded: i64) -> Choice {
+    let count = by_type.iter().map(|t| t.2).sum();
+    let filter = PurgeFilter::older_than(TimeDelta::days(7));
+    let token = serde_json::from_value(serde_json::json!({
+        "filter": filter,
+        "cut": ago(7 * 86_400),
+        "snapshot": "1000:1000:",
+        "count": count,
+    }))
+    .expect("a purge token");
     Choice {
-        what: "dead events older than 7 days".into(),
+        what: filter.describe(),
         count,
-        by_type: Vec::new(),
-        token: None,
+        by_type: type_counts(by_type),
+        superseded: Some(superseded),
+        bound: Bound::Purge(token),
+    }
+}
+
+/// The superseded dead events of any age, as a purge preview counts them.
+pub fn superseded_choice(by_type: &[(&str, &str, i64)]) -> Choice {
+    let count = by_type.iter().map(|t| t.2).sum();
+    let filter = PurgeFilter {
+        older_than_secs: None,
+        superseded: true,
+    };
+    let token = serde_json::from_value(serde_json::json!({
+        "filter": filter,
+        "cut": null,
+        "snapshot": "1000:1000:",
+        "count": count,
+    }))
+    .expect("a purge token");
+    Choice {
+        what: filter.describe(),
+        count,
+        by_type: type_counts(by_type),
+        superseded: Some(count),
+        bound: Bound::Purge(token),
+    }
+}
+
+fn type_counts(by_type: &[(&str, &str, i64)]) -> Vec<TypeCount> {
+    by_type
+        .iter()
+        .map(|&(source, event_type, count)| TypeCount {
+            source: source.into(),
+            event_type: event_type.into(),
+            count,
+        })
+        .collect()
+}
+
+pub fn receipt(purged: u64) -> PurgeReceipt {
+    PurgeReceipt {
+        previewed: purged as i64,
+        purged,
+        skipped: 0,
+        archive: Some("/var/lib/hookd/archive/dlq-purge-20261129T030000Z.ndjson.gz".into()),
+        sha256: Some("9f2c".into()),
+        filter: PurgeFilter::older_than(TimeDelta::days(7)).describe(),
     }
 }
 

@@ -100,7 +100,7 @@ pub const MAIN: &[Binding] = &[
     },
     Binding {
         keys: "p",
-        help: "purge dead events older than 7 days (asks first)",
+        help: "purge dead over 7 days or superseded, archived first (asks)",
         codes: &[(ch('p'), Key::Purge)],
         hint: Some((6, "p", "purge")),
     },

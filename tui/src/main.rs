@@ -66,7 +66,12 @@ async fn dashboard(cli: &Cli, options: PgConnectOptions) -> anyhow::Result<()> {
     let (actions, actions_rx) = mpsc::unbounded_channel();
     let (commands, commands_rx) = mpsc::unbounded_channel();
     spawn_signal_watch(actions.clone()).context("watching signals")?;
-    tokio::spawn(data::run(data::pool(options), commands_rx, actions.clone()));
+    tokio::spawn(data::run(
+        data::pool(options),
+        cli.archive_dir.clone(),
+        commands_rx,
+        actions.clone(),
+    ));
     let notifications = notify::spawn_dispatcher(Arc::new(DesktopNotifier), actions.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -81,6 +86,7 @@ async fn dashboard(cli: &Cli, options: PgConnectOptions) -> anyhow::Result<()> {
         alert_below: cli.alert_below,
         notify: !cli.no_notify,
         color: !no_color(std::env::var_os("NO_COLOR")),
+        archive: cli.archive_dir.clone(),
     };
     let mut app = App::new(settings, chrono::Utc::now());
     let sinks = Sinks {

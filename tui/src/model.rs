@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::db::archive::PurgeReceipt;
 use common::db::clusters::ClusterKey;
 use common::db::dlq::DeadEvent;
+use common::db::dlq::PurgeToken;
 use common::db::events::{Attempt, EventDetail};
 use common::db::selection::{Token, TypeCount};
 use common::db::stats::{Queue, Totals, TypeCounts};
@@ -42,6 +44,8 @@ pub struct Detail {
     pub attempts: Vec<Attempt>,
     /// Pretty-printed once here rather than on every frame.
     pub payload: Vec<String>,
+    /// Dead, and its object already has newer state applied: a retry would change nothing.
+    pub superseded: bool,
 }
 
 /// The actions that touch many events, and so preview first and ask.
@@ -62,9 +66,17 @@ pub struct Choice {
     pub count: i64,
     /// Largest first.
     pub by_type: Vec<TypeCount>,
-    /// What a retry is bound to: the events dead in the preview's snapshot, and no others.
-    /// A purge counts by age and has none.
-    pub token: Option<Token>,
+    /// Of `count`, those whose object already has newer state applied (a purge counts them).
+    pub superseded: Option<i64>,
+    /// What the action is bound to: the events dead in the preview's snapshot, and no others.
+    pub bound: Bound,
+}
+
+/// A preview's token, which the action takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    Retry(Token),
+    Purge(PurgeToken),
 }
 
 /// What a bulk action did.
@@ -73,7 +85,7 @@ pub enum Outcome {
     Retried(common::db::selection::Retried),
     /// The events a canary retried, newest first.
     CanaryStarted(Vec<i64>),
-    Purged(u64),
+    Purged(PurgeReceipt),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -253,6 +253,7 @@ mod tests {
             last_error: Some("boom".into()),
             received_at: t(at - 10),
             dead_at: t(at),
+            superseded: false,
         }
     }
 

@@ -69,7 +69,12 @@ async fn an_outage_is_reported_with_its_start_and_recovered_from(pool: PgPool) {
     let through_proxy = (*options).clone().host("127.0.0.1").port(proxy.port);
     let (commands, commands_rx) = mpsc::unbounded_channel();
     let (actions, mut actions_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(data::run(data::pool(through_proxy), commands_rx, actions));
+    let task = tokio::spawn(data::run(
+        data::pool(through_proxy),
+        common::db::archive::ArchiveTarget::Off,
+        commands_rx,
+        actions,
+    ));
 
     assert!(matches!(
         next_state(&mut actions_rx).await,
@@ -148,6 +153,7 @@ async fn notifications_drive_refreshes_and_bursts_are_coalesced(pool: PgPool) {
     // A fallback too slow to matter here: every refresh below comes from NOTIFY.
     let task = tokio::spawn(data::run_with_fallback(
         data::pool((*pool.connect_options()).clone()),
+        common::db::archive::ArchiveTarget::Off,
         commands_rx,
         actions,
         Duration::from_secs(3_600),

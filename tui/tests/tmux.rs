@@ -318,10 +318,16 @@ async fn hooktop_in_tmux_shows_the_database_retries_and_purges(pool: PgPool) {
         "{} --no-notify; echo \"hooktop exited with $?\"; sleep 600",
         env!("CARGO_BIN_EXE_hooktop")
     );
+    let archive = tempfile::tempdir().unwrap();
+    let archive_dir = archive.path().to_str().unwrap().to_owned();
     let tmux = Tmux::start(
         120,
         40,
-        &[("DATABASE_URL", &url), ("NO_COLOR", "1")],
+        &[
+            ("DATABASE_URL", &url),
+            ("NO_COLOR", "1"),
+            ("HOOKD_ARCHIVE_DIR", &archive_dir),
+        ],
         &command,
     );
 
@@ -367,13 +373,26 @@ async fn hooktop_in_tmux_shows_the_database_retries_and_purges(pool: PgPool) {
         "the retried type counts one success and no dead:\n{screen}"
     );
 
-    // `p` states the count, deletes only what died more than 7 days ago, and says so.
+    // `p` states the count, archives and deletes only what died more than 7 days ago, and
+    // says where the archive is.
     tmux.keys(&["p"]).await;
-    tmux.wait_for_text("Purge 1 dead event older than 7 days?")
+    tmux.wait_for_text("▸ the 1 dead events that died more than 7d ago")
         .await;
+    tmux.wait_for_text(&format!(
+        "archived with their attempt history into {archive_dir}"
+    ))
+    .await;
     tmux.keys(&["y"]).await;
-    tmux.wait_for_text("purged 1 dead event older than 7 days")
+    tmux.wait_for_text("purged 1 dead events that died more than 7d ago · archive")
         .await;
+    let files: Vec<_> = std::fs::read_dir(archive.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one archive: {files:?}");
+    let receipt: (String, serde_json::Value) =
+        sqlx::query_as("SELECT action, details FROM audit_logs WHERE action = 'dlq.purge'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(receipt.1["count"], 1, "{receipt:?}");
     tmux.wait_for_text("Dead letters · 1 of 1").await;
     assert_eq!(state_of(&pool, "evt_old").await, None, "purged");
     assert_eq!(

@@ -420,23 +420,32 @@ fn purge_confirms_with_the_count_and_reports_what_it_deleted() {
             selections: vec![]
         }]
     );
+    let old = fixtures::purge_choice(&[("custom", "x", 1)], 0);
+    let superseded = fixtures::superseded_choice(&[("stripe", "customer.subscription.updated", 2)]);
     app.update(Action::Previewed {
         op: Bulk::Purge,
-        result: Ok(vec![fixtures::purge_choice(1)]),
+        result: Ok(vec![old.clone(), superseded.clone()]),
     });
     assert_eq!(confirm(&app).op, Bulk::Purge);
+    assert_eq!(confirm(&app).choice(), &old);
+    app.update(key(KeyCode::Tab));
     assert_eq!(
         commands(app.update(key(KeyCode::Enter))),
         [Command::Run {
             op: Bulk::Purge,
-            choice: fixtures::purge_choice(1)
-        }]
+            choice: superseded
+        }],
+        "the superseded ones, bound to their preview"
     );
     app.update(Action::Bulk {
         op: Bulk::Purge,
-        result: Ok(Outcome::Purged(1)),
+        result: Ok(Outcome::Purged(fixtures::receipt(1))),
     });
-    assert_eq!(status(&app), "purged 1 dead event older than 7 days");
+    assert_eq!(
+        status(&app),
+        "purged 1 dead events that died more than 7d ago · archive \
+         /var/lib/hookd/archive/dlq-purge-20261129T030000Z.ndjson.gz (sha256 9f2c)"
+    );
 }
 
 #[test]
@@ -446,7 +455,7 @@ fn declining_a_confirmation_changes_nothing() {
         app.update(ch('p'));
         app.update(Action::Previewed {
             op: Bulk::Purge,
-            result: Ok(vec![fixtures::purge_choice(5)]),
+            result: Ok(vec![fixtures::purge_choice(&[("custom", "x", 5)], 0)]),
         });
         assert!(app.update(decline).is_empty());
         assert!(matches!(app.overlay, Overlay::None));
@@ -460,10 +469,16 @@ fn nothing_to_do_is_said_without_asking() {
     app.update(ch('p'));
     app.update(Action::Previewed {
         op: Bulk::Purge,
-        result: Ok(vec![fixtures::purge_choice(0)]),
+        result: Ok(vec![
+            fixtures::purge_choice(&[], 0),
+            fixtures::superseded_choice(&[]),
+        ]),
     });
     assert!(matches!(app.overlay, Overlay::None));
-    assert_eq!(status(&app), "no dead events older than 7 days");
+    assert_eq!(
+        status(&app),
+        "nothing to purge: no dead events older than 7 days, none superseded"
+    );
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! The overlays of the actions that touch many events: the question with its preview, and a
 //! canary being watched.
 
+use common::db::archive::ArchiveTarget;
 use common::db::selection::Verdict;
 
 use super::*;
-use crate::app::{CanaryView, Confirm, events};
+use crate::app::{CanaryView, Confirm};
 use crate::data::CANARY_SIZE;
 use crate::model::Choice;
 
@@ -23,7 +24,13 @@ fn key(theme: Theme, text: &'static str) -> Span<'static> {
     Span::styled(text, theme.accent().add_modifier(Modifier::BOLD))
 }
 
-pub(super) fn render_confirm(theme: Theme, confirm: &Confirm, area: Rect, buf: &mut Buffer) {
+pub(super) fn render_confirm(
+    theme: Theme,
+    confirm: &Confirm,
+    archive: &ArchiveTarget,
+    area: Rect,
+    buf: &mut Buffer,
+) {
     let choice = confirm.choice();
     let n = choice.count;
     let style = match confirm.op {
@@ -38,7 +45,8 @@ pub(super) fn render_confirm(theme: Theme, confirm: &Confirm, area: Rect, buf: &
             CANARY_SIZE.min(n),
             label(choice)
         ),
-        (Bulk::Purge, _) => format!("Purge {n} dead {} older than 7 days?", events(n as u64)),
+        (Bulk::Purge, 1) => format!("Purge {}?", label(choice)),
+        (Bulk::Purge, _) => "Purge which dead events?".to_owned(),
     };
     let mut lines = vec![Line::from(Span::styled(
         question,
@@ -79,6 +87,18 @@ pub(super) fn render_confirm(theme: Theme, confirm: &Confirm, area: Rect, buf: &
             )));
         }
     }
+    match choice.superseded {
+        Some(k) if k > 0 && k == n => lines.push(Line::from(Span::styled(
+            "All superseded: newer state of their objects is already applied, so a retry \
+             would change nothing.",
+            theme.warn(),
+        ))),
+        Some(k) if k > 0 => lines.push(Line::from(Span::styled(
+            format!("{k} of them superseded: newer state of their objects is already applied."),
+            theme.warn(),
+        ))),
+        _ => {}
+    }
     lines.push(Line::from(""));
     lines.push(Line::from(match confirm.op {
         Bulk::Retry => {
@@ -92,7 +112,16 @@ pub(super) fn render_confirm(theme: Theme, confirm: &Confirm, area: Rect, buf: &
             CANARY_SIZE.min(n),
             (n - CANARY_SIZE).max(0)
         ),
-        Bulk::Purge => "They are deleted with their attempt history.".to_owned(),
+        Bulk::Purge => match archive {
+            ArchiveTarget::Dir(dir) => format!(
+                "They are archived with their attempt history into {}, then deleted; \
+                 audit_logs records the receipt.",
+                dir.display()
+            ),
+            ArchiveTarget::Off => "Archiving is off (HOOKD_ARCHIVE_DIR=off): they are deleted \
+                                   with their attempt history and no copy is kept."
+                .to_owned(),
+        },
     }));
     lines.push(Line::from(""));
     let mut keys = vec![key(theme, "y"), Span::raw(" yes   ")];

@@ -83,7 +83,9 @@ impl Widget for &App {
             Overlay::None => {}
             Overlay::Help => render_help(theme, area, buf),
             Overlay::Detail(view) => render_detail(self, theme, view, above_status, buf),
-            Overlay::Confirm(confirm) => render_confirm(theme, confirm, area, buf),
+            Overlay::Confirm(confirm) => {
+                render_confirm(theme, confirm, &self.settings.archive, area, buf)
+            }
             Overlay::Canary(view) => render_canary(theme, view, area, buf),
         }
     }

@@ -108,6 +108,15 @@ pub(super) fn detail_lines<'a>(app: &App, theme: Theme, detail: &'a Detail) -> V
     if let Some(at) = e.dead_at {
         lines.push(Line::from(format!("died       {}", when(at))));
     }
+    if detail.superseded {
+        lines.push(Line::from(vec![
+            Span::raw("superseded "),
+            Span::styled(
+                "newer state of its object is applied: retrying changes nothing",
+                theme.warn(),
+            ),
+        ]));
+    }
     if let Some(at) = e.processed_at {
         lines.push(Line::from(format!("processed  {}", when(at))));
     }

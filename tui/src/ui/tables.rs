@@ -113,7 +113,11 @@ pub(super) fn render_clusters(app: &App, theme: Theme, area: Rect, buf: &mut Buf
                 Cell::from(c.event_type.clone()),
                 Cell::from(ago(app, c.first_death)),
                 Cell::from(ago(app, c.last_death)),
-                Cell::from(one_line(c.sample_error.as_deref().unwrap_or(""))).style(theme.bad()),
+                error_cell(
+                    theme,
+                    (c.superseded > 0).then(|| format!("{} superseded · ", c.superseded)),
+                    c.sample_error.as_deref(),
+                ),
             ])
         })
         .collect();
@@ -185,7 +189,11 @@ pub(super) fn render_dead(app: &App, theme: Theme, area: Rect, buf: &mut Buffer)
                 Cell::from(e.source.clone()),
                 Cell::from(e.event_type.clone()),
                 right(e.attempts.to_string()),
-                Cell::from(one_line(e.last_error.as_deref().unwrap_or(""))).style(theme.bad()),
+                error_cell(
+                    theme,
+                    e.superseded.then(|| "superseded · ".to_owned()),
+                    e.last_error.as_deref(),
+                ),
             ])
         })
         .collect();
@@ -210,4 +218,13 @@ pub(super) fn render_dead(app: &App, theme: Theme, area: Rect, buf: &mut Buffer)
         placeholder,
     }
     .render(app, area, buf);
+}
+
+/// An error on one line, after a note that a retry would change nothing when there is one.
+fn error_cell(theme: Theme, superseded: Option<String>, error: Option<&str>) -> Cell<'static> {
+    let error = Span::styled(one_line(error.unwrap_or("")), theme.bad());
+    match superseded {
+        Some(note) => Cell::from(Line::from(vec![Span::styled(note, theme.warn()), error])),
+        None => Cell::from(Line::from(error)),
+    }
 }

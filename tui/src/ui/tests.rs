@@ -117,6 +117,50 @@ fn canary_in_progress() {
     insta::assert_snapshot!(draw(&app, 100, 32).backend());
 }
 
+/// A purge offers what died over 7 days ago and the superseded ones, each with its count.
+#[test]
+fn purge_confirmation_with_superseded_events() {
+    let mut app = fixtures::app();
+    app.update(ch('p'));
+    app.update(Action::Previewed {
+        op: Bulk::Purge,
+        result: Ok(vec![
+            fixtures::purge_choice(
+                &[
+                    ("stripe", "customer.subscription.updated", 12),
+                    ("custom", "order.created", 3),
+                ],
+                12,
+            ),
+            fixtures::superseded_choice(&[("stripe", "customer.subscription.updated", 14)]),
+        ]),
+    });
+    insta::assert_snapshot!(draw(&app, 80, 24).backend());
+}
+
+/// A superseded dead event says so in the list, its cluster and its detail.
+#[test]
+fn superseded_event_detail() {
+    let mut app = fixtures::app();
+    let mut snapshot = fixtures::snapshot();
+    snapshot.dead[0].superseded = true;
+    app.update(Action::Snapshot(Box::new(snapshot)));
+    app.update(key(KeyCode::Enter));
+    let mut detail = fixtures::detail();
+    detail.superseded = true;
+    app.update(Action::Detail {
+        id: 42,
+        result: Ok(Some(Box::new(detail))),
+    });
+    insta::assert_snapshot!(draw(&app, 80, 30).backend());
+    app.update(key(KeyCode::Esc));
+    let screen = draw(&app, 100, 32).backend().to_string();
+    assert!(
+        screen.contains("superseded · no business is linked"),
+        "{screen}"
+    );
+}
+
 #[test]
 fn help_overlay() {
     let mut app = fixtures::app();
