@@ -114,6 +114,8 @@ pub struct Config {
     pub log_json: bool,
     /// Where purges archive what they delete; `None`: `HOOKD_ARCHIVE_DIR=off`.
     pub archive_dir: Option<PathBuf>,
+    /// How long processed events, keys and (optionally) dead events are kept.
+    pub retention: crate::retention::Settings,
 }
 
 /// Where settings are looked up, in order: the environment, then the TOML file.
@@ -439,6 +441,7 @@ impl Config {
                 .positive("HOOKD_DB_MAX_CONNECTIONS", 16 + workers as u32)?,
             log_json,
             archive_dir: archive_dir(sources)?,
+            retention: crate::retention::settings(sources)?,
         };
         if config.retry_max < config.retry_base {
             return Err(invalid(

@@ -14,6 +14,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod providers;
 pub mod reachability;
+pub mod retention;
 pub mod send;
 pub mod systemd;
 pub mod verify;
@@ -281,6 +282,11 @@ pub async fn run_with_pool(
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
     tokio::spawn(maintain(pool.clone(), shutdown.clone()));
+    tokio::spawn(retention::run(
+        pool.clone(),
+        config.retention,
+        shutdown.clone(),
+    ));
     tokio::spawn(systemd::watchdog(
         pool.clone(),
         heartbeat.clone(),

@@ -19,6 +19,7 @@ mod package;
 mod processes;
 mod processing;
 mod providers;
+mod retention;
 mod runbook;
 mod selection;
 mod superseded;

@@ -78,7 +78,8 @@ async fn partitioning_the_dead_letter_queue_keeps_everything(pool: PgPool) {
     .await
     .unwrap();
     let days: Vec<String> = sqlx::query_scalar(
-        "SELECT to_char(dead_at AT TIME ZONE 'UTC', 'YYYYMMDD') FROM events WHERE id <= 2 ORDER BY id",
+        "SELECT to_char(coalesce(dead_at, processed_at) AT TIME ZONE 'UTC', 'YYYYMMDD')
+         FROM events WHERE id <= 3 ORDER BY id",
     )
     .fetch_all(&pool)
     .await
@@ -86,10 +87,11 @@ async fn partitioning_the_dead_letter_queue_keeps_everything(pool: PgPool) {
     let mut want = vec![
         (1, format!("event_attempts_dead_{}", days[0])),
         (2, format!("event_attempts_dead_{}", days[1])),
-        (3, "event_attempts_live".to_owned()),
+        // Processed, so in its day since migration 0012.
+        (3, format!("event_attempts_done_{}", days[2])),
         (1, format!("events_dead_{}", days[0])),
         (2, format!("events_dead_{}", days[1])),
-        (3, "events_live".to_owned()),
+        (3, format!("events_done_{}", days[2])),
     ];
     want.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(
@@ -325,4 +327,130 @@ async fn the_runbook_names_keep_every_row(pool: PgPool) {
     )
     .await;
     assert_eq!(next, 4);
+}
+
+/// Migration 0012 moves processed events and their attempts into days of their own and the
+/// keys into generation 0: every row of every state comes through unchanged, each where its
+/// state and day put it, and keys held before it are still duplicates.
+#[sqlx::test(migrations = false)]
+async fn retention_by_days_keeps_every_row(pool: PgPool) {
+    let before = Migrator {
+        migrations: Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 12)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    backlog(&pool, 8).await;
+    // Every state, processed events over several days (one without a time, as very old
+    // installs may have), attempts for each, and one event purged, whose key stays.
+    sqlx::raw_sql(
+        "SELECT hookd_create_dead_day((now() - interval '5 days')::date);
+         UPDATE events SET
+             state = (ARRAY['pending', 'processing', 'retrying', 'succeeded', 'succeeded',
+                            'skipped', 'dead', 'succeeded'])[id],
+             processed_at = CASE id WHEN 4 THEN now() - interval '40 days'
+                                    WHEN 5 THEN now() - interval '1 day' END,
+             dead_at = CASE id WHEN 7 THEN now() - interval '5 days' END,
+             locked_until = CASE id WHEN 2 THEN now() + interval '1 minute' END,
+             attempts = id % 3;
+         INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome,
+                                     dead_at)
+         SELECT e.id, n, now() - interval '1 hour', 5, CASE WHEN n = 2 THEN 'failed'
+                                                          ELSE 'succeeded' END, e.dead_at
+         FROM events e, generate_series(1, 2) n;
+         DELETE FROM events WHERE id = 8;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let events = "SELECT string_agg(concat_ws(',', id, source, event_id, event_type, state,
+                      attempts, next_attempt_at, locked_until, last_error, received_at,
+                      processed_at, dead_at, body, payload), ';' ORDER BY id) FROM events";
+    let attempts = "SELECT string_agg(concat_ws(',', id, event_id, attempt, started_at,
+                        duration_ms, outcome, error, processed_at, dead_at), ';' ORDER BY id)
+                    FROM event_attempts";
+    let keys = "SELECT string_agg(concat_ws(',', source, event_id, id), ';'
+                    ORDER BY source, event_id) FROM event_keys";
+    let mut snapshot = Vec::new();
+    for sql in [events, attempts, keys] {
+        let rows: String = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        snapshot.push(rows);
+    }
+
+    MIGRATOR.run(&pool).await.unwrap();
+
+    for (sql, before) in [events, attempts, keys].into_iter().zip(snapshot) {
+        let after: String = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        assert_eq!(after, before, "{sql}");
+    }
+    let homes: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, tableoid::regclass::text FROM events ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let day = |ago: i64| {
+        (chrono::Utc::now() - chrono::TimeDelta::days(ago))
+            .format("%Y%m%d")
+            .to_string()
+    };
+    assert_eq!(
+        homes,
+        [
+            (1, "events_live".to_owned()),
+            (2, "events_live".to_owned()),
+            (3, "events_live".to_owned()),
+            (4, format!("events_done_{}", day(40))),
+            (5, format!("events_done_{}", day(1))),
+            // Processed before processing times were kept: no day, retention deletes it by
+            // its received time.
+            (6, "events_done_undated".to_owned()),
+            (7, format!("events_dead_{}", day(5))),
+        ]
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM event_attempts a JOIN events e ON e.id = a.event_id
+             WHERE a.tableoid::regclass::text <> CASE
+                 WHEN e.processed_at IS NULL AND e.dead_at IS NULL THEN 'event_attempts_live'
+                 WHEN e.state = 'dead'
+                     THEN 'event_attempts_dead_' || to_char(e.dead_at AT TIME ZONE 'UTC', 'YYYYMMDD')
+                 WHEN e.state IN ('succeeded', 'skipped')
+                     THEN 'event_attempts_done_' || to_char(e.processed_at AT TIME ZONE 'UTC', 'YYYYMMDD')
+                 ELSE 'event_attempts_live' END"
+        )
+        .await,
+        0,
+        "every attempt is with its event"
+    );
+    // Keys held before the upgrade are still duplicates, the purged event's too.
+    for id in ["msg_1", "msg_8"] {
+        let event = common::db::events::NewEvent {
+            source: common::Source::Custom,
+            event_id: common::ProviderEventId::parse(id).unwrap(),
+            event_type: common::EventType::parse("load.test").unwrap(),
+            body: b"{}".to_vec(),
+        };
+        assert_eq!(
+            common::db::events::insert(&pool, &event).await.unwrap(),
+            common::db::events::Inserted::Duplicate,
+            "{id}"
+        );
+    }
+    // The 40-day-old day goes at the first retention run, with its attempts.
+    let dropped = common::db::retention::drop_expired(&pool, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!((dropped.events, dropped.days.len()), (1, 1));
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 6);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_attempts").await,
+        12
+    );
 }

@@ -93,6 +93,14 @@ impl PastEvent {
         }
     }
 
+    /// When it was processed, for a succeeded or skipped event: its day in `events_done`.
+    fn done_at(&self) -> Option<DateTime<Utc>> {
+        match self.fate {
+            Fate::Succeeded { at } | Fate::Skipped { at } => Some(at),
+            _ => None,
+        }
+    }
+
     /// Attempt `k` of `attempts` (1-based): when it started and its outcome.
     fn attempt(&self, k: i32) -> (DateTime<Utc>, AttemptOutcome) {
         let end = self.fate.ended().unwrap_or(self.received_at);
@@ -112,21 +120,22 @@ const ATTEMPT_TIME: chrono::TimeDelta = chrono::TimeDelta::milliseconds(12);
 
 /// Stores `events` in one transaction with their attempts and counters; returns how many were
 /// new (an event whose key is already held is left out, as ingest would answer it duplicate).
-/// The dead-letter days they died on get their partitions first, as a hookd that saw them die
-/// would have left them. For loads only: the commit is not waited for on disk.
+/// The days they died or were processed on get their partitions first, as a hookd that saw
+/// them would have left them. For loads only: the commit is not waited for on disk.
 pub async fn load(pool: &PgPool, events: &[PastEvent]) -> sqlx::Result<u64> {
-    let mut days: Vec<NaiveDate> = events
-        .iter()
-        .filter_map(|e| e.dead_at())
-        .map(|at| at.date_naive())
-        .collect();
-    days.sort_unstable();
-    days.dedup();
-    if !days.is_empty() {
-        sqlx::query("SELECT hookd_create_dead_day(day) FROM unnest($1::date[]) AS day")
-            .bind(&days)
-            .execute(pool)
-            .await?;
+    for (days, create) in [
+        (
+            days_of(events, PastEvent::dead_at),
+            "SELECT hookd_create_dead_day(day) FROM unnest($1::date[]) AS day",
+        ),
+        (
+            days_of(events, PastEvent::done_at),
+            "SELECT hookd_create_done_day(day) FROM unnest($1::date[]) AS day",
+        ),
+    ] {
+        if !days.is_empty() {
+            sqlx::query(create).bind(&days).execute(pool).await?;
+        }
     }
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off")
@@ -158,6 +167,18 @@ pub async fn load(pool: &PgPool, events: &[PastEvent]) -> sqlx::Result<u64> {
     Ok(stored.len() as u64)
 }
 
+/// The UTC days `at` gives for `events`, each once.
+fn days_of(events: &[PastEvent], at: fn(&PastEvent) -> Option<DateTime<Utc>>) -> Vec<NaiveDate> {
+    let mut days: Vec<NaiveDate> = events
+        .iter()
+        .filter_map(at)
+        .map(|at| at.date_naive())
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    days
+}
+
 /// The events, through the key claim ingest makes; each one's new id, `None` for a duplicate.
 async fn insert_events(
     conn: &mut PgConnection,
@@ -180,13 +201,7 @@ async fn insert_events(
     let attempts: Vec<i32> = events.iter().map(|e| e.attempts).collect();
     let errors: Vec<Option<&str>> = events.iter().map(|e| e.last_error.as_deref()).collect();
     let due: Vec<DateTime<Utc>> = events.iter().map(PastEvent::next_attempt_at).collect();
-    let processed: Vec<Option<DateTime<Utc>>> = events
-        .iter()
-        .map(|e| match e.fate {
-            Fate::Succeeded { at } | Fate::Skipped { at } => Some(at),
-            _ => None,
-        })
-        .collect();
+    let processed: Vec<Option<DateTime<Utc>>> = events.iter().map(PastEvent::done_at).collect();
     let dead: Vec<Option<DateTime<Utc>>> = events.iter().map(PastEvent::dead_at).collect();
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "WITH batch AS (
@@ -198,11 +213,24 @@ async fn insert_events(
                                        attempts, last_error, next_attempt_at, processed_at,
                                        dead_at, n)
              ORDER BY source, event_id, n
+         ), claims AS (
+             SELECT b.source, b.event_id, b.received_at,
+                    (SELECT true FROM event_keys k
+                     WHERE k.source = b.source AND k.event_id = b.event_id
+                       AND k.gen < (SELECT max(gen) FROM event_key_generations)
+                       AND k.claimed_at > now() - (SELECT dedup_window FROM retention_policy)
+                     LIMIT 1) AS held
+             FROM batch b
          ), fresh AS (
-             INSERT INTO event_keys (source, event_id, id)
-             SELECT source, event_id, nextval('events_id_seq') FROM batch
+             -- Claimed when the event was received, as ingest would have claimed it.
+             INSERT INTO event_keys (source, event_id, id, gen, claimed_at)
+             SELECT source, event_id, nextval('events_id_seq'),
+                    (SELECT max(gen) FROM event_key_generations), received_at
+             FROM claims WHERE held IS NULL
              ORDER BY source, event_id
-             ON CONFLICT DO NOTHING
+             ON CONFLICT (source, event_id, gen) DO UPDATE
+                 SET id = EXCLUDED.id, claimed_at = EXCLUDED.claimed_at
+                 WHERE event_keys.claimed_at <= now() - (SELECT dedup_window FROM retention_policy)
              RETURNING source, event_id, id
          )
          INSERT INTO events (id, source, event_id, event_type, state, attempts, next_attempt_at,
@@ -239,7 +267,8 @@ async fn insert_events(
         .collect())
 }
 
-/// Every attempt of every stored event, in its event's partition (see migration 0005).
+/// Every attempt of every stored event, in its event's partition (see migrations 0005 and
+/// 0012).
 async fn insert_attempts(
     conn: &mut PgConnection,
     stored: &[(&PastEvent, i64)],
@@ -250,6 +279,7 @@ async fn insert_attempts(
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
     let mut dead = Vec::new();
+    let mut done = Vec::new();
     for (event, id) in stored {
         for k in 1..=event.attempts {
             let (at, outcome) = event.attempt(k);
@@ -260,6 +290,7 @@ async fn insert_attempts(
             let failed = !matches!(outcome, AttemptOutcome::Succeeded | AttemptOutcome::Skipped);
             errors.push(event.last_error.as_deref().filter(|_| failed));
             dead.push(event.dead_at());
+            done.push(event.done_at());
         }
     }
     if ids.is_empty() {
@@ -267,12 +298,12 @@ async fn insert_attempts(
     }
     sqlx::query(
         "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error,
-                                     dead_at, processed_at)
+                                     dead_at, done_at, processed_at)
          SELECT r.event_id, r.attempt, r.started_at, $7, r.outcome, r.error, r.dead_at,
-                r.started_at + $7 * interval '1 millisecond'
+                r.done_at, r.started_at + $7 * interval '1 millisecond'
          FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[],
-                     $6::timestamptz[])
-              AS r(event_id, attempt, started_at, outcome, error, dead_at)",
+                     $6::timestamptz[], $8::timestamptz[])
+              AS r(event_id, attempt, started_at, outcome, error, dead_at, done_at)",
     )
     .bind(&ids)
     .bind(&numbers)
@@ -281,6 +312,7 @@ async fn insert_attempts(
     .bind(&errors)
     .bind(&dead)
     .bind(ATTEMPT_TIME.num_milliseconds() as i32)
+    .bind(&done)
     .execute(conn)
     .await?;
     Ok(())

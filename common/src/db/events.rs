@@ -55,14 +55,30 @@ pub async fn insert_many<'e>(
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
                   WITH ORDINALITY AS b(source, event_id, event_type, body, n)
              ORDER BY source, event_id, n
+         ), claims AS (
+             -- A key claimed within the dedup window in an older generation (see migration
+             -- 0012). A subquery per row rather than a join, so each probe is an index
+             -- descent whatever the planner thinks of the batch's size.
+             SELECT b.source, b.event_id,
+                    (SELECT true FROM event_keys k
+                     WHERE k.source = b.source AND k.event_id = b.event_id
+                       AND k.gen < (SELECT max(gen) FROM event_key_generations)
+                       AND k.claimed_at > now() - (SELECT dedup_window FROM retention_policy)
+                     LIMIT 1) AS held
+             FROM batch b
          ), fresh AS (
-             -- Claiming the key first makes the unique index decide, whatever the planner
-             -- thinks of the table's size, and a concurrent batch holding one of these keys
-             -- is waited for. Keys are taken in one order: no deadlocks.
-             INSERT INTO event_keys (source, event_id, id)
-             SELECT source, event_id, nextval('events_id_seq') FROM batch
+             -- Claiming the key first makes the unique index of the newest generation decide,
+             -- whatever the planner thinks of the table's size, and a concurrent batch holding
+             -- one of these keys is waited for. Keys are taken in one order: no deadlocks. A
+             -- key there whose window has passed is taken over: the delivery is a new event.
+             INSERT INTO event_keys (source, event_id, id, gen, claimed_at)
+             SELECT source, event_id, nextval('events_id_seq'),
+                    (SELECT max(gen) FROM event_key_generations), now()
+             FROM claims WHERE held IS NULL
              ORDER BY source, event_id
-             ON CONFLICT DO NOTHING
+             ON CONFLICT (source, event_id, gen) DO UPDATE
+                 SET id = EXCLUDED.id, claimed_at = EXCLUDED.claimed_at
+                 WHERE event_keys.claimed_at <= now() - (SELECT dedup_window FROM retention_policy)
              RETURNING source, event_id, id
          )
          INSERT INTO events (id, source, event_id, event_type, body, payload)
@@ -276,7 +292,21 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
     let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
     let retry_at: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.retry_at).collect();
     sqlx::query(
-        "UPDATE events e
+        // An event that succeeds or is skipped moves to the day it was processed on, and its
+        // earlier attempts (failed ones, or those before a retry from the dead-letter queue)
+        // go with it; this attempt is written there below. Unreferenced, the CTE runs after
+        // the UPDATE of events: events before attempts, the lock order of every writer.
+        "WITH r AS (
+             SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],
+                                  $5::timestamptz[])
+                  AS r(id, attempt, outcome, error, retry_at)
+         ), earlier AS (
+             UPDATE event_attempts SET done_at = now()
+             WHERE event_id = ANY (ARRAY(SELECT id FROM r
+                                         WHERE outcome IN ('succeeded', 'skipped')))
+               AND dead_at IS NULL AND done_at IS NULL
+         )
+         UPDATE events e
          SET state = CASE r.outcome WHEN 'failed' THEN 'retrying' ELSE r.outcome END,
              processed_at = CASE WHEN r.outcome IN ('succeeded', 'skipped') THEN now()
                                  ELSE e.processed_at END,
@@ -286,8 +316,7 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
              last_error = r.error,
              error_fingerprint = CASE WHEN r.outcome = 'dead'
                                       THEN hookd_error_fingerprint(r.error) END
-         FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::timestamptz[])
-              AS r(id, attempt, outcome, error, retry_at)
+         FROM r
          WHERE e.id = r.id AND e.attempts = r.attempt AND e.state = 'processing'",
     )
     .bind(&ids)
@@ -325,8 +354,9 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
     }
     sqlx::query(
         "INSERT INTO event_attempts (event_id, attempt, started_at, duration_ms, outcome, error,
-                                     http_status, response_body, dead_at, processed_at)
+                                     http_status, response_body, dead_at, done_at, processed_at)
          SELECT r.*, CASE WHEN r.outcome = 'dead' THEN now() END,
+                CASE WHEN r.outcome IN ('succeeded', 'skipped') THEN now() END,
                 r.started_at + r.duration_ms * interval '1 millisecond'
          FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::text[],
                      $6::text[], $7::int[], $8::text[])

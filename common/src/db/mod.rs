@@ -7,6 +7,7 @@ pub mod clusters;
 pub mod dlq;
 pub mod events;
 pub mod liveness;
+pub mod retention;
 pub mod schema;
 pub mod selection;
 pub mod stats;
