@@ -284,7 +284,7 @@ pub async fn run_with_pool(
     tokio::spawn(maintain(pool.clone(), shutdown.clone()));
     tokio::spawn(retention::run(
         pool.clone(),
-        config.retention,
+        config.retention.clone(),
         shutdown.clone(),
     ));
     tokio::spawn(systemd::watchdog(

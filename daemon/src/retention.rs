@@ -1,14 +1,15 @@
 //! Bounded storage, run by every hookd in the background: the day partitions of processed
 //! events are made ready ahead and dropped once past `HOOKD_RETENTION`, keys are kept for
 //! `HOOKD_DEDUP_WINDOW`, and dead events past `HOOKD_DLQ_RETENTION`, when set, are purged by
-//! whole days. The storage is `common::db::retention` (see migration 0012); any number of
+//! whole days, archived first like every purge (`common::db::archive`). The storage is `common::db::retention` (see migration 0012); any number of
 //! processes may run this at once.
 
 use std::fmt;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::db::dlq;
+use common::db::archive::{self, Actor, ArchiveError, ArchiveTarget};
+use common::db::dlq::{self, PurgeFilter, PurgeToken};
 use common::db::retention::{self, Dropped, Policy, Prepared};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +25,21 @@ const PREPARE_EVERY: Duration = Duration::from_secs(300);
 const DROP_EVERY: u32 = 12;
 
 /// The retention settings of `hookd serve`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub policy: Policy,
-    /// Dead events are dropped without an archive: `HOOKD_ARCHIVE_DIR=off`.
-    pub archive_off: bool,
+    /// Where dead events past `HOOKD_DLQ_RETENTION` are archived before they are dropped
+    /// (`HOOKD_ARCHIVE_DIR`; `Off` keeps no copy), as every purge does.
+    pub archive: ArchiveTarget,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: Policy::default(),
+            archive: ArchiveTarget::Off,
+        }
+    }
 }
 
 fn duration(sources: &Sources, name: &str) -> Result<Option<Duration>, ConfigError> {
@@ -60,20 +71,9 @@ pub fn settings(sources: &Sources) -> Result<Settings, ConfigError> {
     };
     let policy = Policy::new(retention, dedup_window, dlq_retention)
         .map_err(|(name, e)| invalid(name, e.to_string()))?;
-    let archive_off = crate::config::archive_dir(sources)?.is_none();
-    // Purges archive before they drop (DESIGN.md); retention has no archive to write to yet,
-    // so dead events are only ever dropped unarchived when the operator says so.
-    if policy.dlq_retention.is_some() && !archive_off {
-        return Err(invalid(
-            "HOOKD_DLQ_RETENTION",
-            "dead events are archived before they are dropped, and this hookd cannot archive \
-             them yet: set HOOKD_ARCHIVE_DIR=off to drop them without an archive, or unset \
-             HOOKD_DLQ_RETENTION to keep them until purged",
-        ));
-    }
     Ok(Settings {
         policy,
-        archive_off,
+        archive: crate::config::archive_dir(sources)?.into(),
     })
 }
 
@@ -81,6 +81,9 @@ pub fn settings(sources: &Sources) -> Result<Settings, ConfigError> {
 pub enum RetentionError {
     #[error("retention: {0}")]
     Database(#[from] sqlx::Error),
+    /// Dead events past `HOOKD_DLQ_RETENTION` could not all be archived, so not all went.
+    #[error("retention of dead events: {0}")]
+    Archive(#[from] ArchiveError),
 }
 
 /// What one run did (or, dry, would do).
@@ -91,6 +94,8 @@ pub struct Report {
     pub dropped: Dropped,
     /// Dead events purged past `HOOKD_DLQ_RETENTION` (or that would be).
     pub dead: u64,
+    /// Where they were archived, when they were.
+    pub archive: Option<std::path::PathBuf>,
 }
 
 impl fmt::Display for Report {
@@ -114,7 +119,11 @@ impl fmt::Display for Report {
             "{verb} {} generations of idempotency keys",
             self.dropped.key_generations.len()
         )?;
-        write!(f, "{verb} {} dead events", self.dead)
+        write!(f, "{verb} {} dead events", self.dead)?;
+        if let Some(path) = &self.archive {
+            write!(f, " (archived in {})", path.display())?;
+        }
+        Ok(())
     }
 }
 
@@ -143,29 +152,40 @@ pub async fn run_once(
     let policy = &settings.policy;
     if dry_run {
         let dead = match policy.dlq_retention {
-            Some(keep) if settings.archive_off => dlq::count_older_than(pool, whole_days(keep))
+            Some(keep) => dlq::count_older_than(pool, whole_days(keep))
                 .await?
                 .unsigned_abs(),
-            _ => 0,
+            None => 0,
         };
         return Ok(Report {
             dry_run,
-            prepared: Prepared::default(),
             dropped: retention::expired(pool, policy).await?,
             dead,
+            ..Report::default()
         });
     }
     let prepared = retention::prepare(pool, policy, DAYS_AHEAD).await?;
     let dropped = retention::drop_expired(pool, policy).await?;
-    let dead = match policy.dlq_retention {
-        Some(keep) if settings.archive_off => dlq::purge_older_than(pool, whole_days(keep)).await?,
-        _ => 0,
+    // Dead events go the way every purge goes: archived first (unless HOOKD_ARCHIVE_DIR=off),
+    // whole days dropped, and an audit row with the receipt.
+    let receipt = match policy.dlq_retention {
+        Some(keep) => Some(
+            archive::purge(
+                pool,
+                &PurgeToken::unbounded(PurgeFilter::older_than(whole_days(keep))),
+                &settings.archive,
+                &Actor::new("retention", "hookd"),
+            )
+            .await?,
+        ),
+        None => None,
     };
     Ok(Report {
         dry_run,
         prepared,
         dropped,
-        dead,
+        dead: receipt.as_ref().map_or(0, |r| r.purged),
+        archive: receipt.and_then(|r| r.archive),
     })
 }
 
@@ -204,6 +224,7 @@ pub async fn run(pool: PgPool, settings: Settings, shutdown: CancellationToken) 
                 if report.dead > 0 {
                     tracing::info!(
                         events = report.dead,
+                        archive = ?report.archive,
                         "dropped dead events past HOOKD_DLQ_RETENTION"
                     );
                 }

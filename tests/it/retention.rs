@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use common::db::archive::ArchiveTarget;
 use common::db::bulk::{self, Fate, PastEvent};
 use common::db::events::{self, Inserted, NewEvent};
 use common::db::retention::{self, Policy};
@@ -514,11 +515,10 @@ fn a_dedup_window_under_three_days_is_refused_with_the_reason() {
         err,
         "HOOKD_RETENTION is invalid: expected a duration such as 30d or 72h, got \"soon\""
     );
-    let err = load(&[("HOOKD_DLQ_RETENTION", "14d")])
+    let err = load(&[("HOOKD_DLQ_RETENTION", "0s")])
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("HOOKD_DLQ_RETENTION is invalid"), "{err}");
-    assert!(err.contains("HOOKD_ARCHIVE_DIR=off"), "{err}");
+    assert_eq!(err, "HOOKD_DLQ_RETENTION is invalid: must be above 0");
 
     let config = load(&[]).unwrap();
     assert_eq!(config.retention.policy, Policy::default());
@@ -544,5 +544,54 @@ fn a_dedup_window_under_three_days_is_refused_with_the_reason() {
         )
         .unwrap()
     );
-    assert!(config.retention.archive_off);
+    assert_eq!(config.retention.archive, ArchiveTarget::Off);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn dead_events_past_the_dlq_retention_are_archived_then_dropped_by_whole_days(pool: PgPool) {
+    let now = Utc::now();
+    let rows = vec![
+        past(
+            "dead_old",
+            now - DAY * 10,
+            Fate::Dead { at: now - DAY * 10 },
+            4,
+        ),
+        past("dead_recent", now - DAY, Fate::Dead { at: now - DAY }, 4),
+        past(
+            "ok_old",
+            now - DAY * 10,
+            Fate::Succeeded { at: now - DAY * 10 },
+            1,
+        ),
+    ];
+    bulk::load(&pool, &rows).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hookd-retention-{}", std::process::id()));
+    let settings = hookd::retention::Settings {
+        policy: Policy::new(
+            Duration::from_secs(30 * 86_400),
+            None,
+            Some(Duration::from_secs(7 * 86_400)),
+        )
+        .unwrap(),
+        archive: ArchiveTarget::Dir(dir.clone()),
+    };
+    let dry = hookd::retention::run_once(&pool, &settings, true)
+        .await
+        .unwrap();
+    assert_eq!((dry.dead, dry.dropped.events), (1, 0), "{dry}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 3);
+
+    let report = hookd::retention::run_once(&pool, &settings, false)
+        .await
+        .unwrap();
+    assert_eq!(report.dead, 1, "{report}");
+    let archive = report.archive.clone().expect("archived");
+    assert!(archive.starts_with(&dir) && archive.exists(), "{report}");
+    assert_eq!(event_ids(&pool).await, ["dead_recent", "ok_old"]);
+    assert!(
+        report.to_string().contains("1 dead events (archived in"),
+        "{report}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
