@@ -355,10 +355,32 @@ pub async fn dlq(pool: &PgPool, command: DlqCommand) -> anyhow::Result<String> {
             let target = ArchiveTarget::from(crate::config::archive_dir(&sources)?);
             let receipt = archive::purge(pool, &token, &target, &Actor::os_user("cli")).await?;
             if json {
-                serde_json::to_string(&receipt)?
-            } else {
-                receipt.to_string()
+                return Ok(serde_json::to_string(&receipt)?);
             }
+            // The first line as it was before purges archived, for scripts that read it.
+            let what = if token.filter.superseded {
+                "superseded dead events"
+            } else {
+                "dead events"
+            };
+            let mut out = format!("purged {} {what}", receipt.purged);
+            if let Some(age) = age {
+                out.push_str(&format!(" older than {}", humantime::format_duration(age)));
+            }
+            match receipt.skipped {
+                0 => {}
+                1 => out.push_str("; 1 had changed since the preview (retried or purged)"),
+                n => out.push_str(&format!(
+                    "; {n} had changed since the preview (retried or purged)"
+                )),
+            }
+            match (&receipt.archive, &receipt.sha256) {
+                (Some(path), Some(sha)) => {
+                    out.push_str(&format!("\narchive {} (sha256 {sha})", path.display()));
+                }
+                _ => out.push_str("\nno archive (HOOKD_ARCHIVE_DIR=off)"),
+            }
+            out
         }
         DlqCommand::Restore {
             archive: path,

@@ -9,10 +9,47 @@ use crate::harness::*;
 
 const TOKEN: &str = "s3cret-admin-token-for-the-admin-tests";
 
+/// Where this file's purges archive: a directory of the test run's own, not the host's
+/// `/var/lib/hookd`.
+fn archive_dir() -> String {
+    let dir = std::env::temp_dir().join(format!("hookd-admin-archive-{}", std::process::id()));
+    dir.to_str().unwrap().to_owned()
+}
+
 async fn admin_hookd(pool: &PgPool, extra: &[(&str, &str)]) -> Hookd {
-    let mut env = vec![("HOOKD_ADMIN_TOKEN", TOKEN)];
+    let dir = archive_dir();
+    let mut env = vec![("HOOKD_ADMIN_TOKEN", TOKEN), ("HOOKD_ARCHIVE_DIR", &dir)];
     env.extend_from_slice(extra);
     Hookd::start(pool, config(&env)).await
+}
+
+/// The purge answer's receipt fields checked against the file and the audit row; the rest
+/// of the answer.
+async fn receipt(pool: &PgPool, mut reply: Value) -> Value {
+    let path = reply["archive"].as_str().expect("an archive").to_owned();
+    let sha = reply["sha256"].as_str().unwrap().to_owned();
+    use sha2::Digest;
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap())),
+        sha
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE action = 'dlq.purge'
+           AND details ->> 'sha256' = $1 AND details ->> 'archive' = $2
+           AND details ->> 'who' = 'admin-token' AND details ->> 'via' = 'admin-api'",
+    )
+    .bind(&sha)
+    .bind(&path)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1, "the audit row names the archive");
+    std::fs::remove_file(&path).unwrap();
+    let fields = reply.as_object_mut().unwrap();
+    for key in ["archive", "sha256", "filter", "previewed", "skipped"] {
+        fields.remove(key);
+    }
+    reply
 }
 
 async fn call(
@@ -39,13 +76,14 @@ async fn call(
     )
 }
 
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 10] = [
     ("GET", "/api/webhooks/dlq"),
     ("GET", "/api/webhooks/dlq/clusters"),
     ("GET", "/api/openapi.json"),
     ("POST", "/api/webhooks/dlq"),
     ("POST", "/api/webhooks/dlq/preview"),
     ("DELETE", "/api/webhooks/dlq?older_than=7d"),
+    ("GET", "/api/webhooks/dlq/purge-preview?older_than=7d"),
     ("GET", "/api/webhooks/analytics"),
     ("GET", "/metrics"),
     ("GET", "/api/webhooks/health"),
@@ -123,7 +161,8 @@ async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
         ids.push(store(&pool, source, &format!("e{i}"), "order.placed", &body).await);
     }
     kill(&pool, &ids).await;
-    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN)]);
+    let dir = archive_dir();
+    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN), ("HOOKD_ARCHIVE_DIR", &dir)]);
     config.workers = 0;
     let hookd = Hookd::start(&pool, config).await;
     let get = |path: &'static str| call(&hookd, "GET", path, Some(TOKEN), None);
@@ -185,9 +224,11 @@ async fn the_dlq_can_be_listed_retried_and_purged(pool: PgPool) {
     let purge = |path: &'static str| call(&hookd, "DELETE", path, Some(TOKEN), None);
     assert_eq!(purge("/api/webhooks/dlq").await.0, 400);
     assert_eq!(purge("/api/webhooks/dlq?older_than=soon").await.0, 400);
+    let (status, reply) = purge("/api/webhooks/dlq?older_than=7d").await;
+    assert_eq!(status, 200, "{reply}");
     assert_eq!(
-        purge("/api/webhooks/dlq?older_than=7d").await,
-        (200, json!({"purged": 1, "older_than": "7d"}))
+        receipt(&pool, reply).await,
+        json!({"purged": 1, "older_than": "7d"})
     );
     assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 3);
     hookd.stop().await;
@@ -219,7 +260,8 @@ async fn a_purge_under_an_hour_needs_force_true(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN)]);
+    let dir = archive_dir();
+    let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN), ("HOOKD_ARCHIVE_DIR", &dir)]);
     config.workers = 0;
     let hookd = Hookd::start(&pool, config).await;
     let purge = |path: &'static str| call(&hookd, "DELETE", path, Some(TOKEN), None);
@@ -240,16 +282,117 @@ async fn a_purge_under_an_hour_needs_force_true(pool: PgPool) {
         );
     }
     assert_eq!(count(&pool, dead).await, 3, "nothing was purged");
+    let (status, reply) = purge("/api/webhooks/dlq?older_than=1h").await;
+    assert_eq!(status, 200, "{reply}");
     assert_eq!(
-        purge("/api/webhooks/dlq?older_than=1h").await,
-        (200, json!({"purged": 0, "older_than": "1h"}))
+        receipt(&pool, reply).await,
+        json!({"purged": 0, "older_than": "1h"})
     );
+    let (status, reply) = purge("/api/webhooks/dlq?older_than=15m&force=true").await;
+    assert_eq!(status, 200, "{reply}");
     assert_eq!(
-        purge("/api/webhooks/dlq?older_than=15m&force=true").await,
-        (200, json!({"purged": 2, "older_than": "15m"}))
+        receipt(&pool, reply).await,
+        json!({"purged": 2, "older_than": "15m"})
     );
     assert_eq!(count(&pool, dead).await, 1);
     hookd.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_purge_preview_binds_the_purge_and_an_unwritable_archive_deletes_nothing(pool: PgPool) {
+    let mut ids = vec![];
+    for i in 0..3 {
+        let body = json!({"type": "order.placed", "id": format!("p{i}"), "created": 0}).to_string();
+        ids.push(
+            store(
+                &pool,
+                Source::Custom,
+                &format!("p{i}"),
+                "order.placed",
+                &body,
+            )
+            .await,
+        );
+    }
+    kill(&pool, &ids[..2]).await;
+    let hookd = admin_hookd(&pool, &[]).await;
+    let get = |path: &'static str| call(&hookd, "GET", path, Some(TOKEN), None);
+    assert_eq!(get("/api/webhooks/dlq/purge-preview").await.0, 400);
+    assert_eq!(
+        get("/api/webhooks/dlq/purge-preview?older_than=soon")
+            .await
+            .0,
+        400
+    );
+    let (status, preview) = get("/api/webhooks/dlq/purge-preview?older_than=1h").await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["count"], 2);
+    assert_eq!(preview["superseded"], 0);
+    assert_eq!(
+        preview["by_type"],
+        json!([{"source": "custom", "event_type": "order.placed", "count": 2, "superseded": 0}])
+    );
+    // After the preview the third event dies a day ago too, and the first is retried.
+    kill(&pool, &ids[2..]).await;
+    common::db::dlq::retry(&pool, ids[0]).await.unwrap();
+    let token = preview["token"].as_str().unwrap();
+    let (status, reply) = call(
+        &hookd,
+        "DELETE",
+        &format!("/api/webhooks/dlq?token={token}"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (&reply["previewed"], &reply["skipped"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(
+        receipt(&pool, reply).await,
+        json!({"purged": 1, "older_than": null})
+    );
+    let dead: Vec<i64> = sqlx::query_scalar("SELECT id FROM events WHERE state = 'dead'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, [ids[2]], "the death after the preview was kept");
+    let (status, _) = call(
+        &hookd,
+        "DELETE",
+        "/api/webhooks/dlq?token=xyz",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    hookd.stop().await;
+
+    // An archive directory that is a file: 409, the path and the OS error, nothing deleted.
+    let blocked = std::env::temp_dir().join(format!("hookd-admin-blocked-{}", std::process::id()));
+    std::fs::write(&blocked, b"a file").unwrap();
+    let hookd = admin_hookd(&pool, &[("HOOKD_ARCHIVE_DIR", blocked.to_str().unwrap())]).await;
+    let (status, reply) = call(
+        &hookd,
+        "DELETE",
+        "/api/webhooks/dlq?older_than=1h",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains(blocked.to_str().unwrap()) && error.contains("nothing was deleted"),
+        "{error}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM events WHERE state = 'dead'").await,
+        1
+    );
+    hookd.stop().await;
+    std::fs::remove_file(&blocked).unwrap();
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

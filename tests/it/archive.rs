@@ -319,7 +319,7 @@ async fn a_purge_by_token_deletes_exactly_what_its_preview_counted(pool: PgPool)
     let (ok, out, err) = cli(&pool, &env, &["dlq", "purge", "--token", token]);
     assert!(ok, "{err}");
     assert!(
-        out.starts_with("purged 3 dead events that died more than 7d ago; 1 had changed"),
+        out.starts_with("purged 3 dead events older than 7days; 1 had changed"),
         "{out}"
     );
     assert_eq!(dead_ids(&pool).await, [1, 2, 3, 4, 5, 6, 11]);

@@ -211,6 +211,7 @@ async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
             "event_type": "invoice.paid",
             "fingerprint": "no business is linked to Stripe customer <id>",
             "count": 4,
+            "superseded": 0,
             "first_death": listed[0]["first_death"],
             "last_death": listed[0]["last_death"],
             "sample_id": 4,
@@ -247,6 +248,7 @@ async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
         lines[0],
         [
             "count",
+            "superseded",
             "source",
             "type",
             "first death",
@@ -256,9 +258,10 @@ async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
         ]
     );
     assert_eq!(
-        [lines[1][..3].to_vec(), lines[1][5..].to_vec()].concat(),
+        [lines[1][..4].to_vec(), lines[1][6..].to_vec()].concat(),
         [
             "4",
+            "0",
             "stripe",
             "invoice.paid",
             "4",

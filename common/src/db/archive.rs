@@ -196,6 +196,9 @@ impl Writer {
             .create_new(true)
             .open(&path)
             .map_err(|e| (path.clone(), e))?;
+        // An empty member: a purge of nothing still leaves a valid (empty) gzip file.
+        let mut file = file;
+        write_member(&mut file, &[]).map_err(|e| (path.clone(), e))?;
         // The directory entry must outlive a crash as much as the bytes do.
         File::open(dir)
             .and_then(|d| d.sync_all())

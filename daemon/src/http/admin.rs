@@ -207,6 +207,7 @@ pub struct Clusters {
             example = json!({"clusters": [{
                 "source": "stripe", "event_type": "invoice.payment_succeeded",
                 "fingerprint": "no business is linked to Stripe customer <id>", "count": 41,
+                "superseded": 0,
                 "first_death": "2026-12-02T01:12:09Z", "last_death": "2026-12-02T03:04:51Z",
                 "sample_id": 5082,
                 "sample_error": "no business is linked to Stripe customer cus_Q1",

@@ -3,7 +3,9 @@
 //! sends at a fixed rate: the purge is timed, and ingest must keep answering meanwhile.
 //!
 //! The dead-letter queue is loaded once through `common::db::bulk` into a template, and each run
-//! purges a file-level copy of it.
+//! purges a file-level copy of it. The timed runs purge with `HOOKD_ARCHIVE_DIR=off`: the
+//! target is about dropping the days. One more purge of a fresh copy writes the archive first,
+//! as hookd does by default, and its time is reported beside the target.
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,9 @@ pub async fn stage(bench: &Bench, summary: &mut Summary) -> anyhow::Result<()> {
     p.purged = Some(purged);
     p.old_left = Some(old_left);
     p.recent_kept = Some(recent);
+    let (archived_secs, archive_mib) = archived(bench).await?;
+    p.archived_secs = Some(archived_secs);
+    p.archive_mib = Some(archive_mib);
     bench.pg.drop_database(DATABASE).await?;
     bench.pg.drop_database(TEMPLATE).await
 }
@@ -93,12 +98,7 @@ async fn one(bench: &Bench, r: usize) -> anyhow::Result<Purged> {
     let sending = tokio::spawn(drive::load(load, stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
-    let answer = procs::hookd_cli(
-        bench,
-        DATABASE,
-        &["dlq", "purge", "--older-than", "7d", "--json"],
-    )
-    .await;
+    let answer = purge_cli(bench, "off").await;
     let secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
@@ -136,6 +136,62 @@ async fn one(bench: &Bench, r: usize) -> anyhow::Result<Purged> {
         recent_kept,
         load,
     })
+}
+
+/// `hookd dlq purge --older-than 7d --json` with `HOOKD_ARCHIVE_DIR` set to `archive_dir`.
+async fn purge_cli(bench: &Bench, archive_dir: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(&bench.hookd)
+        .args(["dlq", "purge", "--older-than", "7d", "--json"])
+        .env_clear()
+        .env("DATABASE_URL", bench.pg.url(DATABASE))
+        .env("HOOKD_ARCHIVE_DIR", archive_dir)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "hookd dlq purge failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The same purge of a fresh copy with the archive written first: its time in seconds and the
+/// archive's size in MiB. The archive is removed afterwards.
+async fn archived(bench: &Bench) -> anyhow::Result<(f64, f64)> {
+    bench.pg.copy(TEMPLATE, DATABASE).await?;
+    bench.pg.checkpoint().await?;
+    // The preview an operator takes first (`--dry-run`), timed too: it counts every candidate.
+    let started = Instant::now();
+    let preview = procs::hookd_cli(
+        bench,
+        DATABASE,
+        &["dlq", "purge", "--older-than", "7d", "--dry-run", "--json"],
+    )
+    .await?;
+    let preview: serde_json::Value = serde_json::from_str(&preview)?;
+    eprintln!(
+        "  purge preview: {} counted ({} superseded) in {:.2} s",
+        preview["count"],
+        preview["superseded"],
+        started.elapsed().as_secs_f64()
+    );
+    let dir = bench.file("purge-archive");
+    let started = Instant::now();
+    let answer = purge_cli(bench, dir.to_str().context("archive dir")?).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let answer: serde_json::Value = serde_json::from_str(&answer)?;
+    let path = answer["archive"]
+        .as_str()
+        .context("hookd dlq purge --json named no archive")?;
+    let mib = std::fs::metadata(path)?.len() as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "  archived purge: {} in {secs:.2} s, archive {mib:.1} MiB",
+        answer["purged"]
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok((secs, mib))
 }
 
 async fn seed_template(bench: &Bench) -> anyhow::Result<()> {

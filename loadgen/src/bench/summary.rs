@@ -103,6 +103,9 @@ pub struct Purge {
     pub max_ms: Option<f64>,
     pub non_2xx_and_errors: Option<u64>,
     pub missing: Option<u64>,
+    /// The same purge with its archive written first (hookd's default), and the archive's size.
+    pub archived_secs: Option<f64>,
+    pub archive_mib: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -305,6 +308,12 @@ impl Summary {
             u.dead,
             num(u.secs, 2),
             verdict(u.secs, |v| v <= 2.0)
+        )?;
+        writeln!(
+            t,
+            "| the same purge, archived first (HOOKD_ARCHIVE_DIR) | {} s, archive {} MiB | reported | - |",
+            num(u.archived_secs, 2),
+            num(u.archive_mib, 1)
         )?;
         writeln!(
             t,
