@@ -108,6 +108,33 @@ pub async fn insert_many<'e>(
         .collect())
 }
 
+/// Makes each key name its event again, claimed now in the newest generation (see migration
+/// 0012), for events stored again by id such as an archive's restore: a key still held for
+/// another id is taken over, one held for this id is left alone. Callers insert the events in
+/// the same transaction.
+pub async fn reclaim_keys(
+    conn: &mut PgConnection,
+    sources: &[String],
+    event_ids: &[String],
+    ids: &[i64],
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO event_keys (source, event_id, id, gen, claimed_at)
+         SELECT u.source, u.event_id, u.id, (SELECT max(gen) FROM event_key_generations), now()
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(source, event_id, id)
+         ORDER BY 1, 2
+         ON CONFLICT (source, event_id, gen) DO UPDATE
+             SET id = EXCLUDED.id, claimed_at = EXCLUDED.claimed_at
+             WHERE event_keys.id IS DISTINCT FROM EXCLUDED.id",
+    )
+    .bind(sources)
+    .bind(event_ids)
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// True when PostgreSQL refused the payload itself (for example a `\u0000` escape, which jsonb
 /// cannot store): the sender's fault, not an outage.
 pub fn is_payload_rejected(err: &sqlx::Error) -> bool {
