@@ -65,20 +65,21 @@ impl Actor {
 pub enum ArchiveError {
     /// Nothing (more) was deleted: the archive could not be written.
     #[error(
-        "cannot write the purge archive {path}: {source}; {}",
+        "cannot write the purge archive {path}: {cause}; {}",
         if *.purged == 0 { "nothing was deleted".to_owned() }
         else { format!("stopped after {} events, which the archive holds", .purged) }
     )]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        // Not `source`: the message carries it already, and `{:#}` would print it twice.
+        cause: std::io::Error,
         /// What was deleted (and archived) before the failure.
         purged: u64,
     },
-    #[error("cannot read the archive {path}: {source}")]
+    #[error("cannot read the archive {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} line {line} is not an archived event: {reason}")]
     Malformed {
@@ -259,7 +260,7 @@ impl Archive {
                 .as_ref()
                 .map(|w| w.path.clone())
                 .unwrap_or_default(),
-            source,
+            cause: source,
             purged: self.purged,
         }
     }
@@ -353,9 +354,9 @@ pub async fn purge(
             let made = tokio::task::spawn_blocking(move || Writer::create(&dir))
                 .await
                 .expect("creating a file does not panic");
-            Some(made.map_err(|(path, source)| ArchiveError::Write {
+            Some(made.map_err(|(path, cause)| ArchiveError::Write {
                 path,
-                source,
+                cause,
                 purged: 0,
             })?)
         }
@@ -745,9 +746,9 @@ pub async fn restore(pool: &PgPool, path: &Path, actor: &Actor) -> Result<Restor
 
 /// Every event of an archive, in order.
 pub fn read(path: &Path) -> Result<Vec<ArchivedEvent>, ArchiveError> {
-    let read_error = |source| ArchiveError::Read {
+    let read_error = |cause| ArchiveError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let file = File::open(path).map_err(read_error)?;
     let lines = BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))).lines();
