@@ -4,6 +4,7 @@
 mod admin;
 mod archive;
 mod badinput;
+mod batching;
 mod bench;
 mod clusters;
 mod dashboards;

@@ -7,9 +7,12 @@
 //! columns are written only where a table has them, so the statements are made once per
 //! process from what [`super::schema::migrate`] found: [`Statements`].
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use super::batch::BatchStatements;
 use super::schema::AppTables;
 
 /// How an event names its business.
@@ -52,6 +55,8 @@ pub struct Statements {
     audit: String,
     call: String,
     message: String,
+    /// The same effects for a whole batch at once.
+    pub(crate) batch: BatchStatements,
 }
 
 impl Statements {
@@ -86,19 +91,17 @@ impl Statements {
 
         // The business the payload names by its key (as the runbook's handlers read
         // `payload.business_id`), else the one whose number the call or message reached.
-        let by_phone = if tables.has("businesses", "phone_number") {
-            "(SELECT id FROM businesses WHERE phone_number = $3 LIMIT 1)"
-        } else {
-            "NULL"
-        };
-        let business_of = |key: &str| {
+        let business_of = |key: &str, phone: &str| {
+            let by_phone = if tables.has("businesses", "phone_number") {
+                format!("(SELECT id FROM businesses WHERE phone_number = {phone} LIMIT 1)")
+            } else {
+                "NULL".to_owned()
+            };
             format!(
                 "COALESCE((SELECT id FROM businesses WHERE {key}::text IS NOT NULL AND id::text = {key} LIMIT 1),
                           {by_phone})"
             )
         };
-        let call_business = business_of("$10");
-        let message_business = business_of("$9");
         // A call moves forward only: initiated, answered, completed; events arrive in any order,
         // so each fills its own columns and the furthest status wins.
         let call_rank = |t: &str| {
@@ -107,12 +110,8 @@ impl Statements {
                                  WHEN 'completed' THEN 3 ELSE 0 END"
             )
         };
-        let call = format!(
-            "INSERT INTO call_logs (call_id, business_id, customer_phone, business_phone, call_type,
-                                    status, started_at, answered_at, ended_at, hangup_cause,
-                                    created_at, updated_at)
-             VALUES ($1, {call_business}, $2, $3, $4, $5, $6, $7, $8, $9, now(), now())
-             ON CONFLICT (call_id) DO UPDATE SET
+        let call_merge = format!(
+            "ON CONFLICT (call_id) DO UPDATE SET
                  business_id    = COALESCE(call_logs.business_id, EXCLUDED.business_id),
                  customer_phone = COALESCE(call_logs.customer_phone, EXCLUDED.customer_phone),
                  business_phone = COALESCE(call_logs.business_phone, EXCLUDED.business_phone),
@@ -125,6 +124,30 @@ impl Statements {
                  updated_at = now()",
             call_rank("EXCLUDED"),
             call_rank("call_logs"),
+        );
+        let call_columns =
+            "INSERT INTO call_logs (call_id, business_id, customer_phone, business_phone,
+                                    call_type, status, started_at, answered_at, ended_at,
+                                    hangup_cause, created_at, updated_at)";
+        let call = format!(
+            "{call_columns}
+             VALUES ($1, {}, $2, $3, $4, $5, $6, $7, $8, $9, now(), now())
+             {call_merge}",
+            business_of("$10", "$3"),
+        );
+        // Rows in call id order, so two batches upserting the same calls take them in one order.
+        let call_many = format!(
+            "{call_columns}
+             SELECT u.call_id, {}, u.customer_phone, u.business_phone, u.call_type, u.status,
+                    u.started_at, u.answered_at, u.ended_at, u.hangup_cause, now(), now()
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                         $10::text[])
+                  AS u(call_id, customer_phone, business_phone, call_type, status, started_at,
+                       answered_at, ended_at, hangup_cause, business_key)
+             ORDER BY u.call_id
+             {call_merge}",
+            business_of("u.business_key", "u.business_phone"),
         );
 
         // A message is received or sent first, then finalized with the carrier's word.
@@ -139,6 +162,11 @@ impl Statements {
             "sms_logs",
             &[("completed_at", "$8"), ("updated_at", "now()")],
         );
+        let (_, message_many_vals) = optional(
+            tables,
+            "sms_logs",
+            &[("completed_at", "u.completed_at"), ("updated_at", "now()")],
+        );
         let mut message_merge = String::new();
         if tables.has("sms_logs", "completed_at") {
             message_merge.push_str(
@@ -148,12 +176,8 @@ impl Statements {
         if tables.has("sms_logs", "updated_at") {
             message_merge.push_str(",\n updated_at = now()");
         }
-        let message = format!(
-            "INSERT INTO sms_logs (message_id, business_id, customer_phone, business_phone,
-                                   message_type, content, status, received_at,
-                                   created_at{message_cols})
-             VALUES ($1, {message_business}, $2, $3, $4, $5, $6, $7, now(){message_vals})
-             ON CONFLICT (message_id) DO UPDATE SET
+        let message_merge = format!(
+            "ON CONFLICT (message_id) DO UPDATE SET
                  business_id    = COALESCE(sms_logs.business_id, EXCLUDED.business_id),
                  customer_phone = COALESCE(sms_logs.customer_phone, EXCLUDED.customer_phone),
                  business_phone = COALESCE(sms_logs.business_phone, EXCLUDED.business_phone),
@@ -165,10 +189,35 @@ impl Statements {
             message_rank("EXCLUDED"),
             message_rank("sms_logs"),
         );
+        let message_columns = format!(
+            "INSERT INTO sms_logs (message_id, business_id, customer_phone, business_phone,
+                                   message_type, content, status, received_at,
+                                   created_at{message_cols})"
+        );
+        let message = format!(
+            "{message_columns}
+             VALUES ($1, {}, $2, $3, $4, $5, $6, $7, now(){message_vals})
+             {message_merge}",
+            business_of("$9", "$3"),
+        );
+        let message_many = format!(
+            "{message_columns}
+             SELECT u.message_id, {}, u.customer_phone, u.business_phone, u.message_type,
+                    u.content, u.status, u.received_at, now(){message_many_vals}
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::timestamptz[], $8::timestamptz[], $9::text[])
+                  AS u(message_id, customer_phone, business_phone, message_type, content,
+                       status, received_at, completed_at, business_key)
+             ORDER BY u.message_id
+             {message_merge}",
+            business_of("u.business_key", "u.business_phone"),
+        );
+        let batch = BatchStatements::new(tables, &call_many, &message_many);
         Statements {
             audit,
             call,
             message,
+            batch,
         }
     }
 }
@@ -411,7 +460,7 @@ pub struct CallEvent<'a> {
     pub ended_at: Option<DateTime<Utc>>,
     pub hangup_cause: Option<&'a str>,
     /// `businesses.id` as text, where the payload names it.
-    pub business_key: Option<&'a str>,
+    pub business_key: Option<Cow<'a, str>>,
 }
 
 pub async fn upsert_call(
@@ -429,7 +478,7 @@ pub async fn upsert_call(
         .bind(call.answered_at)
         .bind(call.ended_at)
         .bind(call.hangup_cause)
-        .bind(call.business_key)
+        .bind(call.business_key.as_deref())
         .execute(conn)
         .await?;
     Ok(())
@@ -450,7 +499,7 @@ pub struct MessageEvent<'a> {
     pub received_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     /// `businesses.id` as text, where the payload names it.
-    pub business_key: Option<&'a str>,
+    pub business_key: Option<Cow<'a, str>>,
 }
 
 pub async fn upsert_message(
@@ -467,7 +516,7 @@ pub async fn upsert_message(
         .bind(msg.status)
         .bind(msg.received_at)
         .bind(msg.completed_at)
-        .bind(msg.business_key)
+        .bind(msg.business_key.as_deref())
         .execute(conn)
         .await?;
     Ok(())

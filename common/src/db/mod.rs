@@ -1,6 +1,7 @@
 //! Storage: every statement hookd and hooktop run lives under this module.
 
 pub mod archive;
+pub mod batch;
 pub mod bulk;
 pub mod business;
 pub mod clusters;

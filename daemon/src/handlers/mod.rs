@@ -1,5 +1,10 @@
 //! Built-in handlers: what an event does to the business tables. Each runs on the worker's
 //! transaction, so its effect commits together with the event's `succeeded` mark, or not at all.
+//!
+//! A handler first reads the payload into an [`Effect`] ([`plan`], no database). A batch's
+//! effects are then written together, one statement per kind ([`apply_batch`]); a single
+//! event's alone ([`apply`]), which is how the worker runs a batch again event by event when
+//! one of the shared statements failed.
 
 mod custom;
 pub mod forward;
@@ -7,7 +12,8 @@ mod stripe;
 mod telnyx;
 
 use common::Source;
-use common::db::business::Statements;
+use common::db::batch::{self, Audit, StripeEffect};
+use common::db::business::{Applied, CallEvent, MessageEvent, Statements};
 use common::db::events::ClaimedEvent;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -32,18 +38,109 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
 }
 
+/// What an event does to the business tables, read from its payload.
+#[derive(Debug, Clone)]
+pub enum Effect<'e> {
+    Stripe(StripeEffect<'e>),
+    Call(CallEvent<'e>),
+    Message(MessageEvent<'e>),
+    Audit(Audit<'e>),
+    Unhandled,
+}
+
+/// Reads what `event` does, or why it cannot be applied.
+pub fn plan(event: &ClaimedEvent) -> Result<Effect<'_>, HandlerError> {
+    match event.source() {
+        Source::Stripe => stripe::plan(event),
+        Source::Telnyx => telnyx::plan(event),
+        Source::Custom => Ok(custom::plan(event)),
+        // A source without built-in handlers: stored, forwarded if a URL is set, else skipped.
+        _ => Ok(Effect::Unhandled),
+    }
+}
+
+/// Applies one event on its own.
 pub async fn apply(
     conn: &mut PgConnection,
     statements: &Statements,
     event: &ClaimedEvent,
 ) -> Result<Outcome, HandlerError> {
-    match event.source() {
-        Source::Stripe => stripe::apply(conn, statements, event).await,
-        Source::Telnyx => telnyx::apply(conn, statements, event).await,
-        Source::Custom => custom::apply(conn, statements, event).await,
-        // A source without built-in handlers: stored, forwarded if a URL is set, else skipped.
-        _ => Ok(Outcome::Unhandled),
+    use common::db::business;
+    match plan(event)? {
+        Effect::Stripe(effect) => stripe::apply_one(conn, statements, &effect).await,
+        Effect::Call(call) => {
+            business::upsert_call(conn, statements, &call).await?;
+            Ok(Outcome::Applied)
+        }
+        Effect::Message(message) => {
+            business::upsert_message(conn, statements, &message).await?;
+            Ok(Outcome::Applied)
+        }
+        Effect::Audit(audit) => {
+            custom::apply_one(conn, statements, &audit).await?;
+            Ok(Outcome::Applied)
+        }
+        Effect::Unhandled => Ok(Outcome::Unhandled),
     }
+}
+
+/// Applies a batch's events with one statement per kind of effect (Telnyx calls, messages,
+/// audit entries, then Stripe, which locks business rows and so goes last, just before the
+/// commit), as if each had been applied on its own in slice order. An event that cannot be
+/// applied fails alone and writes nothing; an `Err` is a statement that failed, after which
+/// the transaction is unusable and the caller runs the events one by one.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    events: &[&ClaimedEvent],
+) -> sqlx::Result<Vec<Result<Outcome, HandlerError>>> {
+    let mut results: Vec<Option<Result<Outcome, HandlerError>>> =
+        std::iter::repeat_with(|| None).take(events.len()).collect();
+    let mut stripe = Vec::new();
+    let mut calls = Vec::new();
+    let mut messages = Vec::new();
+    let mut audits = Vec::new();
+    // Where each effect's event is in `events`.
+    let (mut stripe_at, mut applied_at) = (Vec::new(), Vec::new());
+    for (i, event) in events.iter().enumerate() {
+        match plan(event) {
+            Err(e) => results[i] = Some(Err(e)),
+            Ok(Effect::Unhandled) => results[i] = Some(Ok(Outcome::Unhandled)),
+            Ok(Effect::Stripe(effect)) => {
+                stripe.push(effect);
+                stripe_at.push(i);
+            }
+            Ok(Effect::Call(call)) => {
+                calls.push(call);
+                applied_at.push(i);
+            }
+            Ok(Effect::Message(message)) => {
+                messages.push(message);
+                applied_at.push(i);
+            }
+            Ok(Effect::Audit(audit)) => {
+                audits.push(audit);
+                applied_at.push(i);
+            }
+        }
+    }
+    batch::upsert_calls(conn, statements, &calls).await?;
+    batch::upsert_messages(conn, statements, &messages).await?;
+    batch::insert_audits(conn, statements, &audits).await?;
+    for i in applied_at {
+        results[i] = Some(Ok(Outcome::Applied));
+    }
+    let applied = batch::apply_stripe(conn, statements, &stripe).await?;
+    for ((i, applied), effect) in stripe_at.into_iter().zip(applied).zip(&stripe) {
+        results[i] = Some(match applied {
+            Applied::NoBusiness => Err(stripe::no_business(effect)),
+            Applied::Updated | Applied::Stale => Ok(Outcome::Applied),
+        });
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every event was planned"))
+        .collect())
 }
 
 /// Where the event goes in its batch: by the key of the row its handler will lock (a Telnyx

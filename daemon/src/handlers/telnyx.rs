@@ -1,35 +1,32 @@
 //! Telnyx: call control events into `call_logs`, messaging events into `sms_logs`, as the
 //! runbook's handlers write them.
 
-use common::db::business::{self, CallEvent, MessageEvent, Statements};
+use std::borrow::Cow;
+
+use common::db::business::{CallEvent, MessageEvent};
 use common::db::events::ClaimedEvent;
-use sqlx::PgConnection;
 
-use super::{Fields, HandlerError, Outcome};
+use super::{Effect, Fields, HandlerError};
 
-pub async fn apply(
-    conn: &mut PgConnection,
-    statements: &Statements,
-    event: &ClaimedEvent,
-) -> Result<Outcome, HandlerError> {
+pub fn plan(event: &ClaimedEvent) -> Result<Effect<'_>, HandlerError> {
     let fields = Fields(&event.payload);
     match event.event_type.as_str() {
         "call.initiated" | "call.answered" | "call.hangup" => {
-            call(conn, statements, &fields, &event.event_type).await
+            call(&fields, &event.event_type).map(Effect::Call)
         }
         "message.received" | "message.sent" | "message.finalized" => {
-            message(conn, statements, &fields, &event.event_type).await
+            message(&fields, &event.event_type).map(Effect::Message)
         }
-        _ => Ok(Outcome::Unhandled),
+        _ => Ok(Effect::Unhandled),
     }
 }
 
 /// The business the payload names, as the runbook's handlers read it: `payload.business_id`,
 /// a number or a string (a uuid, say).
-fn business_key(fields: &Fields<'_>) -> Option<String> {
+fn business_key<'a>(fields: &Fields<'a>) -> Option<Cow<'a, str>> {
     match fields.0.pointer("/data/payload/business_id")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -44,12 +41,7 @@ fn customer_and_business<'a>(
     if inbound { (from, to) } else { (to, from) }
 }
 
-async fn call(
-    conn: &mut PgConnection,
-    statements: &Statements,
-    fields: &Fields<'_>,
-    kind: &str,
-) -> Result<Outcome, HandlerError> {
+fn call<'a>(fields: &Fields<'a>, kind: &str) -> Result<CallEvent<'a>, HandlerError> {
     let occurred_at = fields.opt_rfc3339("/data/occurred_at");
     // Telnyx says `incoming` or `outgoing`; the runbook's `call_type` is `inbound` or
     // `outbound`. Only `call.initiated` is sure to carry it.
@@ -63,7 +55,6 @@ async fn call(
         fields.opt_str("/data/payload/from"),
         fields.opt_str("/data/payload/to"),
     );
-    let key = business_key(fields);
     let mut row = CallEvent {
         call_id: fields.str("/data/payload/call_control_id")?,
         customer_phone,
@@ -74,7 +65,7 @@ async fn call(
         answered_at: None,
         ended_at: None,
         hangup_cause: None,
-        business_key: key.as_deref(),
+        business_key: business_key(fields),
     };
     match kind {
         "call.initiated" => {
@@ -91,16 +82,10 @@ async fn call(
             row.hangup_cause = fields.opt_str("/data/payload/hangup_cause");
         }
     }
-    business::upsert_call(conn, statements, &row).await?;
-    Ok(Outcome::Applied)
+    Ok(row)
 }
 
-async fn message(
-    conn: &mut PgConnection,
-    statements: &Statements,
-    fields: &Fields<'_>,
-    kind: &str,
-) -> Result<Outcome, HandlerError> {
+fn message<'a>(fields: &Fields<'a>, kind: &str) -> Result<MessageEvent<'a>, HandlerError> {
     let message_type = fields.opt_str("/data/payload/direction");
     let (customer_phone, business_phone) = customer_and_business(
         message_type != Some("outbound"),
@@ -115,8 +100,7 @@ async fn message(
             .opt_str("/data/payload/to/0/status")
             .unwrap_or("finalized"),
     };
-    let key = business_key(fields);
-    let row = MessageEvent {
+    Ok(MessageEvent {
         message_id: fields.str("/data/payload/id")?,
         customer_phone,
         business_phone,
@@ -128,8 +112,6 @@ async fn message(
             .or_else(|| fields.opt_rfc3339("/data/payload/sent_at"))
             .or_else(|| fields.opt_rfc3339("/data/occurred_at")),
         completed_at: fields.opt_rfc3339("/data/payload/completed_at"),
-        business_key: key.as_deref(),
-    };
-    business::upsert_message(conn, statements, &row).await?;
-    Ok(Outcome::Applied)
+        business_key: business_key(fields),
+    })
 }

@@ -1,6 +1,7 @@
 //! Processing: workers claim due events in batches, run the handlers and the forward, and
-//! record each attempt. A batch commits once. One bad event never undoes the others: a batch
-//! in which a handler fails is run again with a savepoint per event.
+//! record each attempt. A batch commits once, its effects written with one statement per kind
+//! of effect. One bad event never undoes the others: it fails alone in the shared statements,
+//! and a batch in which a shared statement fails is run again with a savepoint per event.
 
 mod retry;
 
@@ -14,7 +15,7 @@ use common::db::business::Statements;
 use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent, Lease};
 use common::db::stats;
 use common::{EVENTS_CHANNEL, State};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -178,10 +179,11 @@ impl Worker {
     }
 
     /// Runs the batch's attempts in one transaction and commits them with the events' new
-    /// states. In `Isolation::Batch` the handlers write straight into the transaction, and
-    /// the first handler that fails sends the whole batch back to be run again in
+    /// states. In `Isolation::Batch` the handlers' effects are written together, one statement
+    /// per kind of effect ([`handlers::apply_batch`]); an event that cannot be applied (its
+    /// business is not linked yet, its payload lacks a field) fails alone there, writing
+    /// nothing. Only a statement that fails sends the whole batch back to be run again in
     /// `Isolation::Event`, where each attempt has a savepoint that undoes its writes alone.
-    /// Failures are rare; savepoints for every event would cost two round trips each.
     async fn complete<'d>(
         &self,
         claimed: &[ClaimedEvent],
@@ -190,8 +192,7 @@ impl Worker {
     ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
         let mut tx = self.pool.begin().await?;
         let held = events::lock_leased(&mut tx, claimed).await?;
-        let mut records = Vec::with_capacity(claimed.len());
-        let mut counted = Vec::with_capacity(claimed.len());
+        let mut live = Vec::with_capacity(claimed.len());
         for (event, delivery) in claimed.iter().zip(deliveries) {
             if held.binary_search(&event.id).is_err() {
                 tracing::warn!(
@@ -200,44 +201,85 @@ impl Worker {
                 );
                 continue;
             }
-            let record = self
-                .attempt(&mut tx, event, delivery.as_ref(), isolation)
-                .await?;
-            counted.push(stats::Counted {
+            live.push((event, delivery.as_ref()));
+        }
+        let records = match isolation {
+            Isolation::Batch => self.attempt_together(&mut tx, &live).await?,
+            Isolation::Event => {
+                let mut records = Vec::with_capacity(live.len());
+                for &(event, delivery) in &live {
+                    records.push(self.attempt_alone(&mut tx, event, delivery).await?);
+                }
+                records
+            }
+        };
+        let counted: Vec<stats::Counted> = live
+            .iter()
+            .zip(&records)
+            .map(|((event, _), record)| stats::Counted {
                 source: event.source(),
                 event_type: &event.event_type,
                 outcome: record.outcome,
-            });
-            records.push(record);
-        }
+            })
+            .collect();
         events::complete(&mut tx, &records).await?;
         stats::count_outcomes(&mut tx, &counted).await?;
         tx.commit().await?;
         Ok(records)
     }
 
-    /// Runs one attempt in the batch's transaction and says what became of it.
-    async fn attempt<'d>(
+    /// Runs the attempts of `live` with shared statements. Each attempt is recorded with its
+    /// share of the time they took.
+    async fn attempt_together<'d>(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        live: &[(&ClaimedEvent, Option<&'d Delivery>)],
+    ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let max_attempts = self.config.policy.max_attempts;
+        let mut results: Vec<Option<Result<State, Failure>>> = live
+            .iter()
+            .map(|&(event, delivery)| precondition(event, delivery, max_attempts).err().map(Err))
+            .collect();
+        let runs: Vec<usize> = (0..live.len()).filter(|&i| results[i].is_none()).collect();
+        let events: Vec<&ClaimedEvent> = runs.iter().map(|&i| live[i].0).collect();
+        let outcomes = handlers::apply_batch(tx, &self.config.statements, &events)
+            .await
+            .map_err(|e| {
+                tracing::info!(error = %e, events = events.len(),
+                    "a shared statement failed; running the batch again event by event");
+                Retry::HandlerFailed
+            })?;
+        for (i, outcome) in runs.into_iter().zip(outcomes) {
+            results[i] = Some(verdict(outcome, live[i].1));
+        }
+        let share = clock.elapsed() / u32::try_from(live.len().max(1)).unwrap_or(u32::MAX);
+        Ok(live
+            .iter()
+            .zip(results)
+            .map(|(&(event, delivery), result)| {
+                let result = result.expect("every event has a verdict");
+                self.record(event, delivery, started_at, share, result)
+            })
+            .collect())
+    }
+
+    /// Runs one attempt under a savepoint of its own, so a failure undoes only its writes.
+    async fn attempt_alone<'d>(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         event: &ClaimedEvent,
         delivery: Option<&'d Delivery>,
-        isolation: Isolation,
     ) -> Result<AttemptRecord<'d>, Retry> {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let max_attempts = self.config.policy.max_attempts;
-        let result = match precondition(event, delivery, max_attempts) {
+        let result = match precondition(event, delivery, self.config.policy.max_attempts) {
             Err(failure) => Err(failure),
-            Ok(()) if isolation == Isolation::Batch => {
-                match apply(tx, &self.config.statements, event, delivery).await {
-                    Err(_) => return Err(Retry::HandlerFailed),
-                    ok => ok,
-                }
-            }
             Ok(()) => {
                 let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
-                let result = apply(&mut savepoint, &self.config.statements, event, delivery).await;
+                let outcome = handlers::apply(&mut savepoint, &self.config.statements, event).await;
+                let result = verdict(outcome, delivery);
                 if result.is_ok() {
                     savepoint.commit().await?;
                 } else {
@@ -246,11 +288,23 @@ impl Worker {
                 result
             }
         };
+        Ok(self.record(event, delivery, started_at, clock.elapsed(), result))
+    }
+
+    /// The attempt's line in the history, and when the event is tried next if it failed.
+    fn record<'d>(
+        &self,
+        event: &ClaimedEvent,
+        delivery: Option<&'d Delivery>,
+        started_at: chrono::DateTime<Utc>,
+        duration: Duration,
+        result: Result<State, Failure>,
+    ) -> AttemptRecord<'d> {
         let mut record = AttemptRecord {
             event_id: event.id,
             attempt: event.attempt,
             started_at,
-            duration: Duration::ZERO,
+            duration,
             outcome: AttemptOutcome::Succeeded,
             error: None,
             retry_at: None,
@@ -278,8 +332,7 @@ impl Worker {
                 record.error = Some(failure.message);
             }
         }
-        record.duration = clock.elapsed();
-        Ok(record)
+        record
     }
 
     /// Metrics and one log line per attempt, once the batch is committed.
@@ -403,14 +456,12 @@ fn precondition(
     Ok(())
 }
 
-/// Runs the event's handler and says which state the event ends in.
-async fn apply(
-    conn: &mut PgConnection,
-    statements: &Statements,
-    event: &ClaimedEvent,
+/// Which state the handler's outcome leaves the event in.
+fn verdict(
+    outcome: Result<Outcome, HandlerError>,
     delivery: Option<&Delivery>,
 ) -> Result<State, Failure> {
-    match handlers::apply(conn, statements, event).await {
+    match outcome {
         Ok(Outcome::Applied) => Ok(State::Succeeded),
         Ok(Outcome::Unhandled) if delivery.is_some() => Ok(State::Succeeded),
         Ok(Outcome::Unhandled) => Ok(State::Skipped),
