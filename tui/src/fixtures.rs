@@ -335,34 +335,30 @@ pub fn choice(selection: Selection, by_type: &[(&str, &str, i64)]) -> Choice {
 
 /// A purge's choice as its preview would return it: what died more than 7 days ago.
 pub fn purge_choice(by_type: &[(&str, &str, i64)], superseded: i64) -> Choice {
-    let count = by_type.iter().map(|t| t.2).sum();
     let filter = PurgeFilter::older_than(TimeDelta::days(7));
-    let token = serde_json::from_value(serde_json::json!({
-        "filter": filter,
-        "cut": ago(7 * 86_400),
-        "snapshot": "1000:1000:",
-        "count": count,
-    }))
-    .expect("a purge token");
-    Choice {
-        what: filter.describe(),
-        count,
-        by_type: type_counts(by_type),
-        superseded: Some(superseded),
-        bound: Bound::Purge(token),
-    }
+    purge_of(filter, Some(ago(7 * 86_400)), by_type, Some(superseded))
 }
 
 /// The superseded dead events of any age, as a purge preview counts them.
 pub fn superseded_choice(by_type: &[(&str, &str, i64)]) -> Choice {
-    let count = by_type.iter().map(|t| t.2).sum();
     let filter = PurgeFilter {
         older_than_secs: None,
         superseded: true,
     };
+    purge_of(filter, None, by_type, None)
+}
+
+/// `superseded` none: all of them are.
+fn purge_of(
+    filter: PurgeFilter,
+    cut: Option<DateTime<Utc>>,
+    by_type: &[(&str, &str, i64)],
+    superseded: Option<i64>,
+) -> Choice {
+    let count = by_type.iter().map(|t| t.2).sum();
     let token = serde_json::from_value(serde_json::json!({
         "filter": filter,
-        "cut": null,
+        "cut": cut,
         "snapshot": "1000:1000:",
         "count": count,
     }))
@@ -371,7 +367,7 @@ pub fn superseded_choice(by_type: &[(&str, &str, i64)]) -> Choice {
         what: filter.describe(),
         count,
         by_type: type_counts(by_type),
-        superseded: Some(count),
+        superseded: Some(superseded.unwrap_or(count)),
         bound: Bound::Purge(token),
     }
 }
