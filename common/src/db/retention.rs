@@ -48,9 +48,9 @@ pub enum PolicyError {
 
 fn humanise(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs % 86_400 == 0 {
+    if secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
-    } else if secs % 3_600 == 0 {
+    } else if secs.is_multiple_of(3_600) {
         format!("{}h", secs / 3_600)
     } else {
         format!("{secs}s")
