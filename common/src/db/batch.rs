@@ -94,22 +94,37 @@ pub struct BatchStatements {
     message: String,
 }
 
-/// The business an audit entry names, over the columns `customer`, `subscription` and `key`
-/// of `t`, as [`super::business`]'s one-event statement finds it.
-fn business_of(t: &str) -> String {
+/// The business an audit entry names, over the columns `customer`, `subscription` and (when
+/// `keyed`) `key` of `t`, as [`super::business`]'s one-event statement finds it. A key is
+/// looked up in the statement's `keyed` CTE (see [`keyed`]).
+fn business_of(t: &str, keyed: bool) -> String {
+    let by_key = if keyed {
+        format!("(SELECT k.id FROM keyed k WHERE k.key = {t}.key LIMIT 1)")
+    } else {
+        "NULL".to_owned()
+    };
     format!(
         "COALESCE(
             (SELECT id FROM businesses WHERE {t}.customer IS NOT NULL AND stripe_customer_id = {t}.customer LIMIT 1),
             (SELECT id FROM businesses WHERE {t}.subscription IS NOT NULL AND stripe_subscription_id = {t}.subscription LIMIT 1),
-            (SELECT id FROM businesses WHERE {t}.key IS NOT NULL AND id::text = {t}.key LIMIT 1))"
+            {by_key})"
+    )
+}
+
+/// The businesses a batch names by key (`$keys`, text): the key may be of any type, so it is
+/// compared as text, which no index serves; one scan per batch instead of one per event.
+pub(crate) fn keyed(keys: &str) -> String {
+    format!(
+        "keyed AS MATERIALIZED (
+             SELECT b.id, b.id::text AS key FROM businesses b WHERE b.id::text = ANY({keys}))"
     )
 }
 
 /// `INSERT INTO audit_logs` of the rows of `from` (columns `action`, `details`, `created_at`,
 /// `webhook_id`, `source`, `customer`, `subscription`, `key`, `n`), optional columns where the
 /// table has them.
-fn audit_insert(tables: &AppTables, from: &str) -> String {
-    let business = business_of("a");
+fn audit_insert(tables: &AppTables, from: &str, keyed: bool) -> String {
+    let business = business_of("a", keyed);
     let mut cols = String::new();
     let mut vals = String::new();
     for (column, value) in [
@@ -139,7 +154,9 @@ impl BatchStatements {
                           $7::text[], $8::text[])
                    WITH ORDINALITY AS u(action, details, webhook_id, source, customer,
                                         subscription, key, n))",
+            true,
         );
+        let audit = format!("WITH {} {audit}", keyed("$8::text[]"));
         // One statement takes every business row the batch's Stripe events touch, in key
         // order: batches that share businesses queue behind each other instead of
         // deadlocking, and nothing else in the batch locks a business row. The customer of a
@@ -176,6 +193,8 @@ impl BatchStatements {
                      e.audit_customer AS customer, e.audit_subscription AS subscription,
                      NULL::text AS key, e.n
               FROM e WHERE e.n IN (SELECT n FROM target))",
+            // Stripe events name their business by customer or subscription only.
+            false,
         );
         let stripe = format!(
             "WITH u AS (

@@ -91,15 +91,25 @@ impl Statements {
 
         // The business the payload names by its key (as the runbook's handlers read
         // `payload.business_id`), else the one whose number the call or message reached.
-        let business_of = |key: &str, phone: &str| {
-            let by_phone = if tables.has("businesses", "phone_number") {
+        let by_phone = |phone: &str| {
+            if tables.has("businesses", "phone_number") {
                 format!("(SELECT id FROM businesses WHERE phone_number = {phone} LIMIT 1)")
             } else {
                 "NULL".to_owned()
-            };
+            }
+        };
+        let business_of = |key: &str, phone: &str| {
             format!(
                 "COALESCE((SELECT id FROM businesses WHERE {key}::text IS NOT NULL AND id::text = {key} LIMIT 1),
-                          {by_phone})"
+                          {})",
+                by_phone(phone)
+            )
+        };
+        // A batch looks its keys up once (see `batch::keyed`).
+        let batch_business_of = |phone: &str| {
+            format!(
+                "COALESCE((SELECT k.id FROM keyed k WHERE k.key = u.business_key LIMIT 1), {})",
+                by_phone(phone)
             )
         };
         // A call moves forward only: initiated, answered, completed; events arrive in any order,
@@ -137,7 +147,8 @@ impl Statements {
         );
         // Rows in call id order, so two batches upserting the same calls take them in one order.
         let call_many = format!(
-            "{call_columns}
+            "WITH {}
+             {call_columns}
              SELECT u.call_id, {}, u.customer_phone, u.business_phone, u.call_type, u.status,
                     u.started_at, u.answered_at, u.ended_at, u.hangup_cause, now(), now()
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -147,7 +158,8 @@ impl Statements {
                        answered_at, ended_at, hangup_cause, business_key)
              ORDER BY u.call_id
              {call_merge}",
-            business_of("u.business_key", "u.business_phone"),
+            super::batch::keyed("$10::text[]"),
+            batch_business_of("u.business_phone"),
         );
 
         // A message is received or sent first, then finalized with the carrier's word.
@@ -201,7 +213,8 @@ impl Statements {
             business_of("$9", "$3"),
         );
         let message_many = format!(
-            "{message_columns}
+            "WITH {}
+             {message_columns}
              SELECT u.message_id, {}, u.customer_phone, u.business_phone, u.message_type,
                     u.content, u.status, u.received_at, now(){message_many_vals}
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -210,7 +223,8 @@ impl Statements {
                        status, received_at, completed_at, business_key)
              ORDER BY u.message_id
              {message_merge}",
-            business_of("u.business_key", "u.business_phone"),
+            super::batch::keyed("$9::text[]"),
+            batch_business_of("u.business_phone"),
         );
         let batch = BatchStatements::new(tables, &call_many, &message_many);
         Statements {
