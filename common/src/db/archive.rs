@@ -855,16 +855,12 @@ async fn restore_batch(
     .await?;
     // A key kept after its event was purged points at the former id, which the event has
     // again; one that pointed elsewhere (its event gone too) now names the restored event.
-    sqlx::query(
-        "INSERT INTO event_keys (source, event_id, id)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ORDER BY 1, 2
-         ON CONFLICT (source, event_id) DO UPDATE SET id = EXCLUDED.id
-         WHERE event_keys.id IS DISTINCT FROM EXCLUDED.id",
+    super::events::reclaim_keys(
+        &mut tx,
+        &col(|e| e.source.clone()),
+        &col(|e| e.event_id.clone()),
+        &ids,
     )
-    .bind(col(|e| e.source.clone()))
-    .bind(col(|e| e.event_id.clone()))
-    .bind(&ids)
-    .execute(&mut *tx)
     .await?;
     let history: Vec<(&ArchivedEvent, &ArchivedAttempt)> = fresh
         .iter()
