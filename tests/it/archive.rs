@@ -15,11 +15,17 @@ use sqlx::PgPool;
 use crate::harness::*;
 
 /// `hookd` with only the database and `env` set.
+/// The hookd command line with `env`; its purges archive into a scratch directory unless
+/// `env` says where, never into the host's /var/lib/hookd.
 pub fn cli(pool: &PgPool, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(hookd_bin())
         .args(args)
         .env_clear()
         .env("DATABASE_URL", database_url(pool))
+        .env(
+            "HOOKD_ARCHIVE_DIR",
+            std::env::temp_dir().join("hookd-test-archives"),
+        )
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -70,13 +76,6 @@ async fn ten_dead(pool: &PgPool) {
     .execute(pool)
     .await
     .unwrap();
-}
-
-async fn dead_ids(pool: &PgPool) -> Vec<i64> {
-    sqlx::query_scalar("SELECT id FROM events WHERE state = 'dead' ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .unwrap()
 }
 
 fn sha256_of(path: &Path) -> String {

@@ -100,7 +100,7 @@ async fn retry_gives_a_fresh_budget_and_keeps_history(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn retry_all_works_on_a_snapshot(pool: PgPool) {
     five_dead(&pool).await;
-    assert_eq!(dlq::retry_all(&pool).await.unwrap(), 5);
+    assert_eq!(retry_every_dead(&pool).await, 5);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM events WHERE state = 'pending'").await,
         5
@@ -118,8 +118,8 @@ async fn retry_all_works_on_a_snapshot(pool: PgPool) {
         .unwrap();
     drain(&worker, &pool, std::time::Duration::from_secs(5)).await;
     assert_eq!(dlq::count(&pool).await.unwrap(), 5);
-    assert_eq!(dlq::retry_all(&pool).await.unwrap(), 5);
-    assert_eq!(dlq::retry_all(&pool).await.unwrap(), 0);
+    assert_eq!(retry_every_dead(&pool).await, 5);
+    assert_eq!(retry_every_dead(&pool).await, 0);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -306,7 +306,7 @@ async fn dying_and_retrying_move_the_event_and_its_history_together(pool: PgPool
         "every attempt, not just the last, follows its event"
     );
 
-    assert_eq!(dlq::retry_all(&pool).await.unwrap(), 3);
+    assert_eq!(retry_every_dead(&pool).await, 3);
     assert_eq!(partition_of(&pool, "events", "true").await, ["events_live"]);
     assert_eq!(
         partition_of(&pool, "event_attempts", "true").await,

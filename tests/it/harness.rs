@@ -485,3 +485,20 @@ pub async fn wait_for(pool: &PgPool, sql: &str, want: i64, limit: std::time::Dur
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+pub async fn dead_ids(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM events WHERE state = 'dead' ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Retries every event dead now, as `hookd dlq retry-all` does: a preview, then its token.
+pub async fn retry_every_dead(pool: &PgPool) -> i64 {
+    use common::db::selection::{self, Selection};
+    let preview = selection::preview(pool, &Selection::All).await.unwrap();
+    selection::retry(pool, &preview.token)
+        .await
+        .unwrap()
+        .retried
+}

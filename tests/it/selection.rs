@@ -27,13 +27,6 @@ async fn die(pool: &PgPool, ids: &[i64], event_type: &str, error: &str) {
     .unwrap();
 }
 
-async fn dead_ids(pool: &PgPool) -> Vec<i64> {
-    sqlx::query_scalar("SELECT id FROM events WHERE state = 'dead' ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
 /// Events 1..=6: 1–3 died of one missing customer each (one cluster), 4–5 of a timeout, and
 /// 6 is still pending.
 async fn six(pool: &PgPool) {

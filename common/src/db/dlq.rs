@@ -170,40 +170,6 @@ pub async fn retry(pool: &PgPool, id: i64) -> Result<(), DlqError> {
     }
 }
 
-/// Retries every event that is dead now. Works on a snapshot taken at the start and in batches,
-/// so events that die again meanwhile are not picked up a second time and no lock is held long.
-pub async fn retry_all(pool: &PgPool) -> sqlx::Result<u64> {
-    let snapshot: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
-    let mut total = 0;
-    loop {
-        let revived = super::retry_moved(|| async {
-            let mut tx = pool.begin().await?;
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM events
-                 WHERE state = 'dead' AND dead_at <= $1
-                 ORDER BY dead_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(snapshot)
-            .bind(BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
-            if ids.is_empty() {
-                return Ok(0);
-            }
-            let revived = revive(&mut tx, &ids).await?;
-            tx.commit().await?;
-            Ok(revived)
-        })
-        .await?;
-        if revived == 0 {
-            return Ok(total);
-        }
-        total += revived;
-    }
-}
-
 pub(super) async fn revive(conn: &mut sqlx::PgConnection, ids: &[i64]) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE events
