@@ -39,6 +39,9 @@ pub enum Command {
     /// Look up stored events, in any state.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// What is retained, and dropping what is past it now.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Print fresh random development secrets as shell `export` lines.
     #[command(hide = true)]
     DevSecrets,
@@ -177,6 +180,22 @@ pub enum EventsCommand {
         key: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// The retention in force: windows, days of processed events kept, key generations.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the background job does once: days made ready ahead, what is past the windows
+    /// dropped (dead events past HOOKD_DLQ_RETENTION archived first).
+    Run {
+        /// Only say what would be dropped.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -607,6 +626,29 @@ pub async fn events(pool: &PgPool, command: EventsCommand) -> anyhow::Result<Str
         ));
     }
     Ok(out.trim_end().to_owned())
+}
+
+/// Runs a `retention` subcommand and returns what to print.
+pub async fn retention(
+    pool: &PgPool,
+    settings: &crate::retention::Settings,
+    command: RetentionCommand,
+) -> anyhow::Result<String> {
+    match command {
+        RetentionCommand::Status { json } => {
+            let status = common::db::retention::status(pool).await?;
+            Ok(if json {
+                serde_json::to_string_pretty(&status)?
+            } else {
+                status.to_string()
+            })
+        }
+        RetentionCommand::Run { dry_run } => {
+            Ok(crate::retention::run_once(pool, settings, dry_run)
+                .await?
+                .to_string())
+        }
+    }
 }
 
 #[cfg(test)]

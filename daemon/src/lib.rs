@@ -282,6 +282,10 @@ pub async fn run_with_pool(
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
     tokio::spawn(maintain(pool.clone(), shutdown.clone()));
+    // Before the first request: ingest claims keys with the dedup window the database holds.
+    if let Err(e) = common::db::retention::store_policy(&pool, &config.retention.policy).await {
+        tracing::warn!(error = %e, "cannot store the retention policy yet; the retention job will");
+    }
     tokio::spawn(retention::run(
         pool.clone(),
         config.retention.clone(),

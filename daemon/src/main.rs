@@ -73,6 +73,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", hookd::cli::events(&pool, command).await?);
             Ok(())
         }
+        Command::Retention(command) => {
+            let settings = hookd::retention::settings(&sources)?;
+            let pool = tool_pool(&sources)?;
+            println!(
+                "{}",
+                hookd::cli::retention(&pool, &settings, command).await?
+            );
+            Ok(())
+        }
         Command::DevSecrets => {
             print!("{}", hookd::send::dev_secrets());
             Ok(())

@@ -76,7 +76,7 @@ async fn call(
     )
 }
 
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 11] = [
     ("GET", "/api/webhooks/dlq"),
     ("GET", "/api/webhooks/dlq/clusters"),
     ("GET", "/api/openapi.json"),
@@ -85,6 +85,7 @@ const ROUTES: [(&str, &str); 10] = [
     ("DELETE", "/api/webhooks/dlq?older_than=7d"),
     ("GET", "/api/webhooks/dlq/purge-preview?older_than=7d"),
     ("GET", "/api/webhooks/analytics"),
+    ("GET", "/api/webhooks/retention"),
     ("GET", "/metrics"),
     ("GET", "/api/webhooks/health"),
 ];
@@ -315,7 +316,13 @@ async fn a_purge_preview_binds_the_purge_and_an_unwritable_archive_deletes_nothi
         );
     }
     kill(&pool, &ids[..2]).await;
-    let hookd = admin_hookd(&pool, &[]).await;
+    // No workers: the third event is still pending when it is killed below.
+    let quiet = |dir: &str| {
+        let mut config = config(&[("HOOKD_ADMIN_TOKEN", TOKEN), ("HOOKD_ARCHIVE_DIR", dir)]);
+        config.workers = 0;
+        config
+    };
+    let hookd = Hookd::start(&pool, quiet(&archive_dir())).await;
     let get = |path: &'static str| call(&hookd, "GET", path, Some(TOKEN), None);
     assert_eq!(get("/api/webhooks/dlq/purge-preview").await.0, 400);
     assert_eq!(
@@ -372,7 +379,7 @@ async fn a_purge_preview_binds_the_purge_and_an_unwritable_archive_deletes_nothi
     // An archive directory that is a file: 409, the path and the OS error, nothing deleted.
     let blocked = std::env::temp_dir().join(format!("hookd-admin-blocked-{}", std::process::id()));
     std::fs::write(&blocked, b"a file").unwrap();
-    let hookd = admin_hookd(&pool, &[("HOOKD_ARCHIVE_DIR", blocked.to_str().unwrap())]).await;
+    let hookd = Hookd::start(&pool, quiet(blocked.to_str().unwrap())).await;
     let (status, reply) = call(
         &hookd,
         "DELETE",
@@ -644,4 +651,29 @@ async fn counter_shards_fold_into_one_row_per_minute_without_changing_totals(poo
         .find(|t| t.event_type == "shard.test")
         .unwrap();
     assert_eq!(custom.received, stored);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_retention_route_says_what_is_kept(pool: PgPool) {
+    let hookd = admin_hookd(
+        &pool,
+        &[("HOOKD_RETENTION", "14d"), ("HOOKD_DLQ_RETENTION", "90d")],
+    )
+    .await;
+    let (status, body) = call(&hookd, "GET", "/api/webhooks/retention", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{body}");
+    // The windows hookd started with, stored before it answered anything.
+    assert_eq!(body["retention_secs"], 14 * 86_400);
+    assert_eq!(
+        body["dedup_window_secs"],
+        14 * 86_400,
+        "the retention by default"
+    );
+    assert_eq!(body["dlq_retention_secs"], 90 * 86_400);
+    // The migration made today and the days ahead, and the first generation of keys.
+    assert!(body["days_ahead"].as_u64().unwrap() >= 3, "{body}");
+    assert!(body["days_kept"].as_u64().unwrap() >= 1, "{body}");
+    assert!(body["key_generations"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(body["undated_processed"], 0);
+    hookd.stop().await;
 }

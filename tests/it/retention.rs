@@ -595,3 +595,54 @@ async fn dead_events_past_the_dlq_retention_are_archived_then_dropped_by_whole_d
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_command_line_says_what_is_retained_and_runs_retention_once(pool: PgPool) {
+    let now = Utc::now();
+    let rows = [
+        past(
+            "ok_old",
+            now - DAY * 10,
+            Fate::Succeeded { at: now - DAY * 10 },
+            1,
+        ),
+        past("ok_new", now - DAY, Fate::Succeeded { at: now - DAY }, 1),
+    ];
+    bulk::load(&pool, &rows).await.unwrap();
+    let env = [
+        ("HOOKD_RETENTION", "7d"),
+        ("HOOKD_DEDUP_WINDOW", "3d"),
+        ("HOOKD_ARCHIVE_DIR", "off"),
+    ];
+    let (ok, out, err) = crate::archive::cli(&pool, &env, &["retention", "run", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("would drop 1 processed events ("), "{out}");
+    assert_eq!(
+        event_ids(&pool).await,
+        ["ok_new", "ok_old"],
+        "a dry run drops nothing"
+    );
+
+    let (ok, out, err) = crate::archive::cli(&pool, &env, &["retention", "run"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("dropped 1 processed events ("), "{out}");
+    assert!(out.contains("dropped 0 dead events"), "{out}");
+    assert_eq!(event_ids(&pool).await, ["ok_new"]);
+
+    let (ok, out, err) = crate::archive::cli(&pool, &env, &["retention", "status", "--json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["retention_secs"], 7 * 86_400);
+    assert_eq!(status["dedup_window_secs"], 3 * 86_400);
+    assert_eq!(status["dlq_retention_secs"], serde_json::Value::Null);
+    assert_eq!(status["days_ahead"], 3);
+    let (ok, out, err) = crate::archive::cli(&pool, &env, &["retention", "status"]);
+    assert!(ok, "{err}");
+    for words in [
+        "processed events (HOOKD_RETENTION 7d): ",
+        "idempotency keys (HOOKD_DEDUP_WINDOW 3d): ",
+        "dead events (HOOKD_DLQ_RETENTION off): kept until purged",
+    ] {
+        assert!(out.contains(words), "{words:?} in {out}");
+    }
+}

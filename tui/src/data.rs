@@ -11,6 +11,7 @@ use common::db::archive::{self, Actor, ArchiveError, ArchiveTarget};
 use common::db::clusters::{self, ClusterKey};
 use common::db::dlq::{self, DeadFilter, PurgeFilter};
 use common::db::events;
+use common::db::retention;
 use common::db::selection::{self, Selection, TypeCount};
 use common::db::stats;
 use sqlx::PgPool;
@@ -90,12 +91,13 @@ pub async fn fetch(
     let started = Instant::now();
     let filtered = dead_filter(filter, DLQ_LIMIT);
     let unfiltered = filter.trim().is_empty() && cluster.is_none();
-    let (queue, last_5m, last_hour, last_day, throughput) = tokio::try_join!(
+    let (queue, last_5m, last_hour, last_day, throughput, retained) = tokio::try_join!(
         stats::queue(pool),
         stats::totals(pool, ALERT_WINDOW),
         stats::totals(pool, chrono::TimeDelta::hours(1)),
         stats::totals(pool, chrono::TimeDelta::hours(24)),
         stats::throughput(pool, 60),
+        retention::status(pool),
     )?;
     let (by_type, dead, recent_dead) = tokio::try_join!(
         stats::by_type(pool, chrono::TimeDelta::hours(24)),
@@ -132,6 +134,7 @@ pub async fn fetch(
         filter: filter.to_owned(),
         cluster: cluster.cloned(),
         recent_dead,
+        retained,
     })
 }
 

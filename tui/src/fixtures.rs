@@ -7,6 +7,7 @@ use common::db::archive::PurgeReceipt;
 use common::db::clusters::Cluster;
 use common::db::dlq::{DeadEvent, PurgeFilter};
 use common::db::events::{Attempt, EventDetail};
+use common::db::retention;
 use common::db::selection::{Progress, Selection, TypeCount};
 use common::db::stats::{Queue, Totals, TypeCounts};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -252,6 +253,19 @@ pub fn snapshot() -> Snapshot {
         dead: dead_events,
         filter: String::new(),
         cluster: None,
+        retained: retention::Status {
+            retention_secs: 30 * 86_400,
+            dedup_window_secs: 30 * 86_400,
+            dlq_retention_secs: None,
+            oldest_processed_day: Some(ago(29 * 86_400).date_naive()),
+            days_kept: 30,
+            days_ahead: 3,
+            next_drop_at: None,
+            undated_processed: 0,
+            key_generations: 2,
+            keys_generation_started_at: Some(ago(12 * 86_400)),
+            policy_updated_at: ago(3_600),
+        },
     }
 }
 

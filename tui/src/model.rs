@@ -10,6 +10,7 @@ use common::db::clusters::ClusterKey;
 use common::db::dlq::DeadEvent;
 use common::db::dlq::PurgeToken;
 use common::db::events::{Attempt, EventDetail};
+use common::db::retention;
 use common::db::selection::{Token, TypeCount};
 use common::db::stats::{Queue, Totals, TypeCounts};
 
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub cluster: Option<ClusterKey>,
     /// The newest dead events regardless of the filter, for notifications.
     pub recent_dead: Vec<DeadEvent>,
+    /// What the database keeps, and for how long.
+    pub retained: retention::Status,
 }
 
 /// One event opened from the DLQ.

@@ -394,6 +394,78 @@ pub struct Status {
     pub policy_updated_at: DateTime<Utc>,
 }
 
+/// A window as the settings write it: `30d`, `72h`, else seconds.
+fn window(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s => format!("{s}s"),
+    }
+}
+
+impl Status {
+    /// One line for a dashboard, `kept 30d · dead until purged`, naming the keys' window
+    /// only where it differs from the retention: `kept 30d · keys 7d · dead 90d`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("kept {}", window(self.retention_secs));
+        if self.dedup_window_secs != self.retention_secs {
+            out.push_str(&format!(" · keys {}", window(self.dedup_window_secs)));
+        }
+        match self.dlq_retention_secs {
+            Some(secs) => out.push_str(&format!(" · dead {}", window(secs))),
+            None => out.push_str(" · dead until purged"),
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |t: Option<DateTime<Utc>>| {
+            t.map_or_else(
+                || "never".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+            )
+        };
+        write!(
+            f,
+            "processed events (HOOKD_RETENTION {}): {} days kept",
+            window(self.retention_secs),
+            self.days_kept
+        )?;
+        if let Some(day) = self.oldest_processed_day {
+            write!(f, " from {day} (dropped after {})", at(self.next_drop_at))?;
+        }
+        writeln!(f, "; {} days ready ahead", self.days_ahead)?;
+        if self.undated_processed > 0 {
+            writeln!(
+                f,
+                "  {} processed events in no day's partition: retention could not run for a while",
+                self.undated_processed
+            )?;
+        }
+        writeln!(
+            f,
+            "idempotency keys (HOOKD_DEDUP_WINDOW {}): {} generations, the newest started {}",
+            window(self.dedup_window_secs),
+            self.key_generations,
+            at(self.keys_generation_started_at)
+        )?;
+        match self.dlq_retention_secs {
+            Some(secs) => writeln!(
+                f,
+                "dead events (HOOKD_DLQ_RETENTION {}): purged by whole days past it, archived first",
+                window(secs)
+            )?,
+            None => writeln!(
+                f,
+                "dead events (HOOKD_DLQ_RETENTION off): kept until purged"
+            )?,
+        }
+        write!(f, "policy stored {}", at(Some(self.policy_updated_at)))
+    }
+}
+
 pub async fn status(pool: &PgPool) -> sqlx::Result<Status> {
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -443,4 +515,46 @@ pub async fn status(pool: &PgPool) -> sqlx::Result<Status> {
         keys_generation_started_at: row.started,
         policy_updated_at: row.policy_updated_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(retention: u64, keys: u64, dead: Option<u64>) -> Status {
+        Status {
+            retention_secs: retention,
+            dedup_window_secs: keys,
+            dlq_retention_secs: dead,
+            oldest_processed_day: None,
+            days_kept: 1,
+            days_ahead: 3,
+            next_drop_at: None,
+            undated_processed: 0,
+            key_generations: 1,
+            keys_generation_started_at: None,
+            policy_updated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn the_summary_names_the_keys_window_only_where_it_differs() {
+        const DAY: u64 = 86_400;
+        assert_eq!(
+            status(30 * DAY, 30 * DAY, None).summary(),
+            "kept 30d · dead until purged"
+        );
+        assert_eq!(
+            status(30 * DAY, 7 * DAY, Some(90 * DAY)).summary(),
+            "kept 30d · keys 7d · dead 90d"
+        );
+        assert_eq!(
+            status(36 * 3_600, 3 * DAY, None).summary(),
+            "kept 36h · keys 3d · dead until purged"
+        );
+        assert_eq!(
+            status(90, 3 * DAY, None).summary(),
+            "kept 90s · keys 3d · dead until purged"
+        );
+    }
 }

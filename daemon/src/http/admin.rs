@@ -12,6 +12,7 @@ use common::db::clusters::{self, Cluster};
 use common::db::dlq::{
     self, DeadEvent, DeadFilter, DlqError, PurgeFilter, PurgeToken, PurgeTypeCount,
 };
+use common::db::retention;
 use common::db::selection::{self, Selection, Token, TypeCount};
 use common::db::stats;
 use secrecy::ExposeSecret;
@@ -749,6 +750,31 @@ pub async fn analytics(State(state): State<AppState>) -> Result<Sorted<Analytics
         total_processed: processed,
         success_rate: (processed > 0).then(|| 100.0 * succeeded as f64 / processed as f64),
     }))
+}
+
+/// What is retained
+///
+/// The retention in force (`HOOKD_RETENTION`, `HOOKD_DEDUP_WINDOW`, `HOOKD_DLQ_RETENTION`)
+/// and what it keeps: the days of processed events and the generations of idempotency keys.
+/// Read from the catalog, so it costs the same whatever the history holds.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/retention",
+    tag = "monitoring",
+    responses(
+        (status = 200, description = "The retention", body = retention::Status,
+            example = json!({"retention_secs": 2592000, "dedup_window_secs": 2592000,
+                "dlq_retention_secs": null, "oldest_processed_day": "2026-11-04",
+                "days_kept": 30, "days_ahead": 3, "next_drop_at": "2026-12-04T00:00:00Z",
+                "undated_processed": 0, "key_generations": 2,
+                "keys_generation_started_at": "2026-11-20T09:12:44Z",
+                "policy_updated_at": "2026-12-03T06:00:01Z"})),
+    )
+)]
+pub async fn retention(
+    State(state): State<AppState>,
+) -> Result<Sorted<retention::Status>, ApiError> {
+    Ok(Sorted(retention::status(state.pool()).await?))
 }
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]

@@ -116,6 +116,7 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::preview))
         .routes(routes!(admin::purge_preview))
         .routes(routes!(admin::analytics))
+        .routes(routes!(admin::retention))
         .routes(routes!(admin::metrics))
         .routes(routes!(openapi::serve))
 }

@@ -60,9 +60,17 @@ pub(super) fn render_header(app: &App, theme: Theme, area: Rect, buf: &mut Buffe
 pub(super) fn render_stats(app: &App, theme: Theme, area: Rect, buf: &mut Buffer) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
-    let health = Block::bordered()
+    let mut health = Block::bordered()
         .title(" Health ")
         .padding(Padding::horizontal(1));
+    if let Some(s) = &app.snapshot {
+        // What the history can reach back to, and whether a dead event ever goes by itself;
+        // left out rather than cut where it does not fit.
+        let retained = format!(" {} ", s.retained.summary());
+        if retained.chars().count() + 2 <= usize::from(left.width) {
+            health = health.title_bottom(Line::from(retained).right_aligned());
+        }
+    }
     let inner = health.inner(left);
     health.render(left, buf);
     let Some(s) = &app.snapshot else {
