@@ -349,3 +349,24 @@ async fn backlog_more(pool: &PgPool) {
     .await
     .unwrap();
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn purges_at_once_each_keep_an_archive_of_their_own(pool: PgPool) {
+    let dir = scratch("at-once");
+    let target = ArchiveTarget::Dir(dir.clone());
+    let actor = Actor::new("test", "at once");
+    let token = dlq::PurgeToken::unbounded(PurgeFilter::older_than(chrono::Duration::days(7)));
+    // Within the same milliseconds, from one process.
+    let receipts =
+        futures::future::join_all((0..20).map(|_| archive::purge(&pool, &token, &target, &actor)))
+            .await;
+    let mut paths: Vec<PathBuf> = receipts
+        .into_iter()
+        .map(|r| r.unwrap().archive.expect("an archive"))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 20);
+    assert!(paths.iter().all(|p| p.exists()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -186,17 +186,29 @@ struct Writer {
 impl Writer {
     fn create(dir: &Path) -> Result<Writer, (PathBuf, std::io::Error)> {
         std::fs::create_dir_all(dir).map_err(|e| (dir.to_owned(), e))?;
-        let name = format!(
-            "dlq-purge-{}-{}.ndjson.gz",
+        let stem = format!(
+            "dlq-purge-{}-{}",
             Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
             std::process::id()
         );
-        let path = dir.join(name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| (path.clone(), e))?;
+        // Two purges of one process in one millisecond (the admin API and retention, say) get
+        // names of their own: an archive is never written over or refused for its name.
+        let mut n = 1;
+        let (path, file) = loop {
+            let path = match n {
+                1 => dir.join(format!("{stem}.ndjson.gz")),
+                n => dir.join(format!("{stem}-{n}.ndjson.gz")),
+            };
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1_000 => n += 1,
+                Err(e) => return Err((path, e)),
+            }
+        };
         // An empty member: a purge of nothing still leaves a valid (empty) gzip file.
         let mut file = file;
         write_member(&mut file, &[]).map_err(|e| (path.clone(), e))?;
@@ -386,6 +398,8 @@ pub async fn purge(
             Some(sha.map_err(|e| archive.error(e))?)
         }
     };
+    // Not worth failing a purge that was done: the counts stay exact, only dearer to read.
+    super::dlq::compact_tally(pool).await.ok();
     let receipt = PurgeReceipt {
         previewed: token.count,
         purged: archive.purged,
@@ -730,6 +744,7 @@ pub async fn restore(pool: &PgPool, path: &Path, actor: &Actor) -> Result<Restor
     for chunk in events.chunks(RESTORE_BATCH) {
         restore_batch(pool, chunk, &mut done).await?;
     }
+    super::dlq::compact_tally(pool).await.ok();
     audit(
         pool,
         "dlq.restore",
@@ -828,12 +843,11 @@ async fn restore_batch(
     let payloads: Vec<&serde_json::Value> = fresh.iter().map(|e| &e.payload).collect();
     sqlx::query(
         "INSERT INTO events (id, source, event_id, event_type, state, attempts, next_attempt_at,
-                             last_error, received_at, processed_at, dead_at, body, payload,
-                             error_fingerprint)
+                             last_error, received_at, processed_at, dead_at, body, payload)
          OVERRIDING SYSTEM VALUE
          SELECT u.id, u.source, u.event_id, u.event_type, 'dead', u.attempts,
                 coalesce(u.dead_at, now()), u.last_error, u.received_at, u.processed_at,
-                u.dead_at, u.body, u.payload, hookd_error_fingerprint(u.last_error)
+                u.dead_at, u.body, u.payload
          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
                      $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bytea[],
                      $11::jsonb[])
