@@ -181,6 +181,21 @@ async fn maintain(pool: PgPool, shutdown: CancellationToken) {
     }
 }
 
+/// Folds the dead-letter tally (migration 0013) every few seconds, so however fast events die
+/// in an incident, what hooktop and the previews sum stays a few seconds of deaths.
+async fn fold_dead_tally(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = common::db::dlq::compact_tally(&pool).await {
+            tracing::debug!(error = %e, "cannot fold the dead-letter tally; counts stay exact");
+        }
+    }
+}
+
 /// The database could not be reached at all (as opposed to refusing what we sent).
 pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
     matches!(
@@ -282,6 +297,7 @@ pub async fn run_with_pool(
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
     tokio::spawn(maintain(pool.clone(), shutdown.clone()));
+    tokio::spawn(fold_dead_tally(pool.clone(), shutdown.clone()));
     // Before the first request: ingest claims keys with the dedup window the database holds.
     if let Err(e) = common::db::retention::store_policy(&pool, &config.retention.policy).await {
         tracing::warn!(error = %e, "cannot store the retention policy yet; the retention job will");

@@ -214,8 +214,8 @@ async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
             "superseded": 0,
             "first_death": listed[0]["first_death"],
             "last_death": listed[0]["last_death"],
-            "sample_id": 4,
-            "sample_error": "no business is linked to Stripe customer cus_4",
+            "sample_id": 1,
+            "sample_error": "no business is linked to Stripe customer cus_1",
         })
     );
     let died = |field: &str| {
@@ -264,7 +264,7 @@ async fn hookd_dlq_clusters_prints_a_table_or_json(pool: PgPool) {
             "0",
             "stripe",
             "invoice.paid",
-            "4",
+            "1",
             "no business is linked to Stripe customer <id>"
         ],
         "{out}"

@@ -25,4 +25,5 @@ mod runbook;
 mod selection;
 mod superseded;
 mod systemd;
+mod tally;
 mod upgrade;

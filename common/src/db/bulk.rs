@@ -164,6 +164,7 @@ pub async fn load(pool: &PgPool, events: &[PastEvent]) -> sqlx::Result<u64> {
         .collect();
     stats::count_outcomes_at(&mut tx, &outcomes).await?;
     tx.commit().await?;
+    super::dlq::compact_tally(pool).await?;
     Ok(stored.len() as u64)
 }
 
@@ -234,12 +235,10 @@ async fn insert_events(
              RETURNING source, event_id, id
          )
          INSERT INTO events (id, source, event_id, event_type, state, attempts, next_attempt_at,
-                             last_error, received_at, processed_at, dead_at, error_fingerprint,
-                             body, payload)
+                             last_error, received_at, processed_at, dead_at, body, payload)
          OVERRIDING SYSTEM VALUE
          SELECT f.id, f.source, f.event_id, b.event_type, b.state, b.attempts,
                 b.next_attempt_at, b.last_error, b.received_at, b.processed_at, b.dead_at,
-                CASE WHEN b.state = 'dead' THEN hookd_error_fingerprint(b.last_error) END,
                 convert_to(b.body, 'UTF8'), b.body::jsonb
          FROM fresh f JOIN batch b USING (source, event_id)
          RETURNING id, source, event_id",

@@ -1,5 +1,6 @@
 //! Dead events grouped by why they died: source, event type and the error's fingerprint
-//! (`hookd_error_fingerprint` in migration 0009, stored when the event dies). An on-call
+//! (`hookd_error_fingerprint` in migration 0009, stored by the database for every dead event,
+//! migration 0013, and counted in `dead_tally` as events die and leave). An on-call
 //! engineer sees three causes instead of three thousand rows, and acts on one of them.
 
 use chrono::{DateTime, Utc};
@@ -24,7 +25,7 @@ pub struct Cluster {
     pub first_death: DateTime<Utc>,
     /// When the cluster's latest event was dead-lettered.
     pub last_death: DateTime<Utc>,
-    /// The most recently received event of the cluster: the `webhook_id` to open or retry.
+    /// The event of the cluster that died last: the `webhook_id` to open or retry.
     pub sample_id: i64,
     /// The sample's last error as it was.
     #[schema(required = true)]
@@ -51,28 +52,48 @@ impl Cluster {
 
 /// The largest clusters first (then the most recent), at most `limit`.
 pub async fn list(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Cluster>> {
-    // Events stored dead by other means than dying under hookd (restored archives, older
-    // rows) have no stored fingerprint; theirs is computed here.
-    // Only rows of a supersedable Stripe type read their payload for `superseded`.
+    // Counted from dead_tally (migration 0013), not from the events: what it costs follows
+    // the days and clusters, not the dead events. A cluster's first and last death are one
+    // probe of `events_dead_clusters_idx` in the day each falls on, and its superseded events
+    // are found from the customers with applied state.
     sqlx::query_as(&format!(
-        "WITH clusters AS (
-             SELECT e.source, e.event_type,
-                    coalesce(e.error_fingerprint, hookd_error_fingerprint(e.last_error))
-                        AS fingerprint,
-                    count(*) AS count, count(*) FILTER (WHERE {}) AS superseded,
-                    min(e.dead_at) AS first_death, max(e.dead_at) AS last_death,
-                    max(e.id) AS sample_id
-             FROM events e {}
-             WHERE e.state = 'dead'
-             GROUP BY 1, 2, 3
-             ORDER BY count DESC, last_death DESC
+        "WITH days AS (
+             SELECT source, event_type, fingerprint, day, sum(n) AS n
+             FROM dead_tally GROUP BY 1, 2, 3, 4 HAVING sum(n) > 0
+         ), clusters AS (
+             SELECT source, event_type, fingerprint, sum(n)::bigint AS count,
+                    min(day)::timestamp AT TIME ZONE 'UTC' AS first_day,
+                    max(day)::timestamp AT TIME ZONE 'UTC' AS last_day
+             FROM days GROUP BY 1, 2, 3
+             ORDER BY count DESC, last_day DESC
              LIMIT $1
+         ), superseded AS (
+             SELECT e.source, e.event_type, e.error_fingerprint AS fingerprint, count(*) AS n
+             FROM {superseded}
+             GROUP BY 1, 2, 3
          )
-         SELECT c.*, e.last_error AS sample_error
-         FROM clusters c JOIN events e ON e.id = c.sample_id AND e.state = 'dead'
-         ORDER BY c.count DESC, c.last_death DESC",
-        super::dlq::superseded_expr("e"),
-        super::dlq::superseded_join("e"),
+         SELECT c.source, c.event_type, c.fingerprint, c.count,
+                coalesce(s.n, 0) AS superseded,
+                first.dead_at AS first_death, last.dead_at AS last_death,
+                last.id AS sample_id, last.last_error AS sample_error
+         FROM clusters c
+         LEFT JOIN superseded s USING (source, event_type, fingerprint)
+         CROSS JOIN LATERAL (
+             SELECT dead_at FROM events
+             WHERE state = 'dead' AND source = c.source AND event_type = c.event_type
+               AND error_fingerprint = c.fingerprint
+               AND dead_at >= c.first_day AND dead_at < c.first_day + interval '1 day'
+             ORDER BY dead_at, id LIMIT 1
+         ) first
+         CROSS JOIN LATERAL (
+             SELECT id, dead_at, last_error FROM events
+             WHERE state = 'dead' AND source = c.source AND event_type = c.event_type
+               AND error_fingerprint = c.fingerprint
+               AND dead_at >= c.last_day AND dead_at < c.last_day + interval '1 day'
+             ORDER BY dead_at DESC, id DESC LIMIT 1
+         ) last
+         ORDER BY c.count DESC, last_death DESC",
+        superseded = super::dlq::superseded_rows("e"),
     ))
     .bind(limit)
     .fetch_all(pool)
@@ -81,32 +102,13 @@ pub async fn list(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Cluster>> {
 
 /// The dead events of one cluster, newest first, at most `limit`.
 pub async fn events(pool: &PgPool, key: &ClusterKey, limit: i64) -> sqlx::Result<Vec<DeadEvent>> {
-    // The same cluster as `list` forms, but in two halves so each reads
-    // `events_dead_clusters_idx` alone: the stored fingerprints in the index's order (a LIMIT
-    // stops early however large the cluster), and the few rows without one, which are the
-    // only ones the fingerprint is computed for. A `coalesce` would compute it for every dead
-    // event of the type.
+    // In `events_dead_clusters_idx`'s order, so a LIMIT stops early however large the cluster.
     sqlx::query_as(&format!(
-        "WITH stored AS (
-             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at,
-                    payload
-             FROM events
-             WHERE state = 'dead' AND source = $1 AND event_type = $2
-               AND error_fingerprint = $3
-             ORDER BY dead_at DESC, id DESC
-             LIMIT $4
-         ), computed AS (
-             SELECT id, source, event_id, event_type, attempts, last_error, received_at, dead_at,
-                    payload
-             FROM events
-             WHERE state = 'dead' AND source = $1 AND event_type = $2
-               AND error_fingerprint IS NULL AND hookd_error_fingerprint(last_error) = $3
-             ORDER BY dead_at DESC, id DESC
-             LIMIT $4
-         )
-         SELECT e.id, e.source, e.event_id, e.event_type, e.attempts, e.last_error,
+        "SELECT e.id, e.source, e.event_id, e.event_type, e.attempts, e.last_error,
                 e.received_at, e.dead_at, {} AS superseded
-         FROM (SELECT * FROM stored UNION ALL SELECT * FROM computed
+         FROM (SELECT * FROM events
+               WHERE state = 'dead' AND source = $1 AND event_type = $2
+                 AND error_fingerprint = $3
                ORDER BY dead_at DESC, id DESC
                LIMIT $4) e {}
          ORDER BY e.dead_at DESC, e.id DESC",
@@ -133,8 +135,7 @@ pub async fn fingerprint(pool: &PgPool, error: &str) -> sqlx::Result<String> {
 /// names a cluster, by the sample `hookd dlq clusters` prints.
 pub async fn key_of(pool: &PgPool, id: i64) -> sqlx::Result<Option<ClusterKey>> {
     let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT source, event_type,
-                coalesce(error_fingerprint, hookd_error_fingerprint(last_error))
+        "SELECT source, event_type, error_fingerprint
          FROM events WHERE id = $1 AND state = 'dead'",
     )
     .bind(id)

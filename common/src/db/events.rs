@@ -340,9 +340,7 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
              dead_at = CASE WHEN r.outcome = 'dead' THEN now() END,
              next_attempt_at = COALESCE(r.retry_at, e.next_attempt_at),
              locked_until = NULL,
-             last_error = r.error,
-             error_fingerprint = CASE WHEN r.outcome = 'dead'
-                                      THEN hookd_error_fingerprint(r.error) END
+             last_error = r.error
          FROM r
          WHERE e.id = r.id AND e.attempts = r.attempt AND e.state = 'processing'",
     )

@@ -129,14 +129,20 @@ struct Binds<'a> {
 }
 
 /// A selection in SQL over `events`, with its binds at $1 – $4 (see [`Selection::binds`]).
-/// A cluster's fingerprint is the stored one, or computed for rows stored dead without one,
-/// as `clusters::list` groups them.
 const PREDICATE: &str = "state = 'dead'
     AND ($1::text IS NULL OR source = $1)
     AND ($2::text IS NULL OR event_type = $2)
     AND ($3::text IS NULL OR event_type ILIKE $3 OR event_id ILIKE $3 OR last_error ILIKE $3)
-    AND ($4::text IS NULL
-         OR coalesce(error_fingerprint, hookd_error_fingerprint(last_error)) = $4)";
+    AND ($4::text IS NULL OR error_fingerprint = $4)";
+
+/// [`PREDICATE`]'s count by type, for a selection without text, from `dead_tally`
+/// (migration 0013) instead of the events: its binds at $1, $2 and $4, $3 unused.
+const TALLIED: &str = "SELECT source, event_type, sum(n)::bigint AS count FROM dead_tally
+    WHERE ($1::text IS NULL OR source = $1)
+      AND ($2::text IS NULL OR event_type = $2)
+      AND $3::text IS NULL
+      AND ($4::text IS NULL OR fingerprint = $4)
+    GROUP BY 1, 2 HAVING sum(n) > 0 ORDER BY 3 DESC, 1, 2";
 
 /// `text` as a case-insensitive substring pattern, its LIKE metacharacters matched literally.
 pub fn like_pattern(text: &str) -> String {
@@ -210,16 +216,22 @@ pub async fn preview(pool: &PgPool, selection: &Selection) -> sqlx::Result<Previ
         .fetch_one(&mut *tx)
         .await?;
     let b = selection.binds();
-    let by_type: Vec<TypeCount> = sqlx::query_as(&format!(
-        "SELECT source, event_type, count(*) AS count FROM events WHERE {PREDICATE}
-         GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
-    ))
-    .bind(b.source)
-    .bind(b.event_type)
-    .bind(b.pattern.as_deref())
-    .bind(b.fingerprint)
-    .fetch_all(&mut *tx)
-    .await?;
+    // The tally holds exactly what the events hold in this snapshot: it is written in the
+    // transactions that change them. Text is matched against the events themselves.
+    let counted = match b.pattern {
+        None => TALLIED.to_owned(),
+        Some(_) => format!(
+            "SELECT source, event_type, count(*) AS count FROM events WHERE {PREDICATE}
+             GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+        ),
+    };
+    let by_type: Vec<TypeCount> = sqlx::query_as(&counted)
+        .bind(b.source)
+        .bind(b.event_type)
+        .bind(b.pattern.as_deref())
+        .bind(b.fingerprint)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Preview {
         token: Token {
@@ -280,6 +292,8 @@ pub async fn retry(pool: &PgPool, token: &Token) -> sqlx::Result<Retried> {
         }
         retried += n;
     }
+    // Not worth failing a retry that was done: the counts stay exact, only dearer to read.
+    super::dlq::compact_tally(pool).await.ok();
     Ok(Retried {
         previewed: token.count,
         retried,

@@ -132,7 +132,7 @@ pub async fn queue(pool: &PgPool) -> sqlx::Result<Queue> {
         "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
                 count(*) FILTER (WHERE state = 'retrying') AS retrying,
                 count(*) FILTER (WHERE state = 'processing') AS processing,
-                (SELECT count(*) FROM events WHERE state = 'dead') AS dead,
+                (SELECT coalesce(sum(n), 0)::bigint FROM dead_tally) AS dead,
                 EXTRACT(EPOCH FROM now() - min(received_at))::float8 AS oldest_pending_secs
          FROM events
          WHERE state IN ('pending', 'retrying', 'processing')",
@@ -212,12 +212,15 @@ pub async fn by_type(pool: &PgPool, window: chrono::Duration) -> sqlx::Result<Ve
              WHERE bucket > now() - make_interval(secs => $1)
              GROUP BY source, event_type
          ), now_ AS (
-             SELECT source, event_type,
-                    count(*) FILTER (WHERE state = 'retrying') AS retrying_now,
-                    count(*) FILTER (WHERE state = 'dead') AS dead_now
-             FROM events
-             WHERE state IN ('retrying', 'dead')
+             -- The dead ones from dead_tally (migration 0013), not by reading them.
+             SELECT source, event_type, sum(retrying)::bigint AS retrying_now,
+                    sum(dead)::bigint AS dead_now
+             FROM (SELECT source, event_type, count(*) AS retrying, 0 AS dead
+                   FROM events WHERE state = 'retrying' GROUP BY 1, 2
+                   UNION ALL
+                   SELECT source, event_type, 0, sum(n) FROM dead_tally GROUP BY 1, 2) now_
              GROUP BY source, event_type
+             HAVING sum(retrying) > 0 OR sum(dead) > 0
          )
          SELECT source, event_type,
                 COALESCE(f.received, 0) AS received, COALESCE(f.succeeded, 0) AS succeeded,
