@@ -162,6 +162,7 @@ async fn purge_cli(bench: &Bench, archive_dir: &str) -> anyhow::Result<String> {
 async fn archived(bench: &Bench) -> anyhow::Result<(f64, f64)> {
     bench.pg.copy(TEMPLATE, DATABASE).await?;
     bench.pg.checkpoint().await?;
+    recovery_reads(bench).await?;
     // The preview an operator takes first (`--dry-run`), timed too: it counts every candidate.
     let started = Instant::now();
     let preview = procs::hookd_cli(
@@ -192,6 +193,34 @@ async fn archived(bench: &Bench) -> anyhow::Result<(f64, f64)> {
     );
     std::fs::remove_dir_all(&dir)?;
     Ok((secs, mib))
+}
+
+/// What an on-call engineer reads first at a million dead events, each the median of three
+/// runs of the command, hookd's own start and connection included: the clusters, and the
+/// previews of a retry of them all and of the purge.
+async fn recovery_reads(bench: &Bench) -> anyhow::Result<()> {
+    let reads: [(&str, &[&str]); 3] = [
+        ("dlq clusters", &["dlq", "clusters", "--json"]),
+        (
+            "retry-all preview",
+            &["dlq", "retry-all", "--dry-run", "--json"],
+        ),
+        (
+            "purge preview",
+            &["dlq", "purge", "--older-than", "7d", "--dry-run", "--json"],
+        ),
+    ];
+    for (what, args) in reads {
+        let mut secs = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            procs::hookd_cli(bench, DATABASE, args).await?;
+            secs.push(started.elapsed().as_secs_f64());
+        }
+        secs.sort_by(f64::total_cmp);
+        eprintln!("  {what}: {:.0} ms (median of 3)", secs[1] * 1_000.0);
+    }
+    Ok(())
 }
 
 async fn seed_template(bench: &Bench) -> anyhow::Result<()> {
