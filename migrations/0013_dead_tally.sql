@@ -122,37 +122,18 @@ CREATE TRIGGER events_truncated_tally AFTER TRUNCATE ON events
 CREATE TRIGGER events_dead_truncated_tally AFTER TRUNCATE ON events_dead
     FOR EACH STATEMENT EXECUTE FUNCTION hookd_retally_dead();
 
--- As in migration 0005, and the dropped day's tally goes in the same transaction.
-CREATE OR REPLACE FUNCTION hookd_drop_dead_day(day date, only_if_empty boolean) RETURNS boolean
+-- Migration 0005's drop of a day, and the day's tally with it in the same transaction.
+ALTER FUNCTION hookd_drop_dead_day(date, boolean) RENAME TO hookd_drop_dead_day_untallied;
+CREATE FUNCTION hookd_drop_dead_day(day date, only_if_empty boolean) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    events_day   text := 'events_dead_' || to_char(day, 'YYYYMMDD');
-    attempts_day text := 'event_attempts_dead_' || to_char(day, 'YYYYMMDD');
-    held         boolean;
+    events_day text := 'events_dead_' || to_char(day, 'YYYYMMDD');
 BEGIN
-    -- Parents before their partitions and events before attempts, as writers take them.
-    LOCK TABLE ONLY events_dead IN ACCESS EXCLUSIVE MODE;
-    IF to_regclass(events_day) IS NULL THEN
+    IF NOT hookd_drop_dead_day_untallied(day, only_if_empty) THEN
         RETURN false;
     END IF;
-    EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', events_day);
-    LOCK TABLE ONLY event_attempts_dead IN ACCESS EXCLUSIVE MODE;
-    IF to_regclass(attempts_day) IS NOT NULL THEN
-        EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', attempts_day);
-    END IF;
-    IF only_if_empty THEN
-        -- Under the locks: an event that died into the day meanwhile is seen, or waited for.
-        EXECUTE format('SELECT EXISTS (SELECT FROM %I)', events_day) INTO held;
-        IF held THEN
-            RETURN false;
-        END IF;
-    END IF;
-    EXECUTE format('DROP TABLE %I', events_day);
-    IF to_regclass(attempts_day) IS NOT NULL THEN
-        EXECUTE format('DROP TABLE %I', attempts_day);
-    END IF;
     PERFORM hookd_lock_dead_tally();
-    DELETE FROM dead_tally WHERE part = events_day;
+    DELETE FROM dead_tally t WHERE t.part = events_day;
     RETURN true;
 END $$;
 
