@@ -517,9 +517,17 @@ pub async fn purge_preview(pool: &PgPool, filter: &PurgeFilter) -> sqlx::Result<
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let (snapshot, cut): (String, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT pg_current_snapshot()::text,
-                now() - make_interval(secs => $1::float8)",
+    // The cut, and the UTC day it falls in: the days before it are counted whole.
+    type Cut = (
+        String,
+        Option<DateTime<Utc>>,
+        Option<NaiveDate>,
+        Option<DateTime<Utc>>,
+    );
+    let (snapshot, cut, cut_day, cut_day_start): Cut = sqlx::query_as(
+        "SELECT pg_current_snapshot()::text, cut, (cut AT TIME ZONE 'UTC')::date,
+                (cut AT TIME ZONE 'UTC')::date::timestamp AT TIME ZONE 'UTC'
+         FROM (SELECT now() - make_interval(secs => $1::float8) AS cut) c",
     )
     .bind(filter.older_than_secs.map(|s| s as f64))
     .fetch_one(&mut *tx)
@@ -528,21 +536,17 @@ pub async fn purge_preview(pool: &PgPool, filter: &PurgeFilter) -> sqlx::Result<
     // from its events, the superseded ones from the customers with state: nothing here reads
     // every dead event. With `superseded`, the superseded ones are all there is.
     let by_type: Vec<PurgeTypeCount> = sqlx::query_as(&format!(
-        "WITH cut AS (
-             SELECT $1::timestamptz AS at, ($1::timestamptz AT TIME ZONE 'UTC')::date AS day,
-                    ($1::timestamptz AT TIME ZONE 'UTC')::date::timestamp AT TIME ZONE 'UTC'
-                        AS day_start
-         ), superseded AS (
+        "WITH superseded AS (
              SELECT e.source, e.event_type, count(*) AS n
              FROM {superseded}
              WHERE $1::timestamptz IS NULL OR e.dead_at < $1
              GROUP BY 1, 2
          ), counted AS (
-             SELECT source, event_type, n FROM dead_tally, cut
-             WHERE NOT $2 AND (cut.at IS NULL OR dead_tally.day < cut.day)
+             SELECT source, event_type, n FROM dead_tally
+             WHERE NOT $2 AND ($3::date IS NULL OR day < $3)
              UNION ALL
-             SELECT source, event_type, count(*) FROM events, cut
-             WHERE NOT $2 AND state = 'dead' AND dead_at >= cut.day_start AND dead_at < cut.at
+             SELECT source, event_type, count(*) FROM events
+             WHERE NOT $2 AND state = 'dead' AND dead_at >= $4 AND dead_at < $1
              GROUP BY 1, 2
              UNION ALL
              SELECT source, event_type, n FROM superseded WHERE $2
@@ -557,6 +561,8 @@ pub async fn purge_preview(pool: &PgPool, filter: &PurgeFilter) -> sqlx::Result<
     ))
     .bind(cut)
     .bind(filter.superseded)
+    .bind(cut_day)
+    .bind(cut_day_start)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
