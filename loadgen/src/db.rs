@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::Source;
-use common::db::dlq::{self, DeadFilter};
+use common::db::clusters;
+use common::db::dlq::{self, DeadFilter, PurgeFilter};
 use common::db::schema::{self, Schema};
+use common::db::selection::{self, Selection};
 use common::db::stats;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -94,6 +96,9 @@ pub struct RefreshReport {
     pub max_ms: f64,
     /// Median per query.
     pub queries: Vec<(String, f64)>,
+    /// Median of what the DLQ's recovery reads, apart from the refresh: the clusters pane's
+    /// query and the previews its keys ask for first.
+    pub recovery: Vec<(String, f64)>,
     pub events_estimate: i64,
     pub dead: i64,
 }
@@ -110,7 +115,8 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// hooktop's refresh, query by query: `stats::queue`, `stats::totals` (5 min, 1 h, 24 h),
-/// `stats::throughput(60)`, `stats::by_type(24 h)` and `dlq::list(limit 200)`.
+/// `stats::throughput(60)`, `stats::by_type(24 h)` and `dlq::list(limit 200)`; and, timed
+/// apart, the clusters and the retry and purge previews.
 pub async fn refresh_bench(pool: &PgPool, runs: usize) -> anyhow::Result<RefreshReport> {
     const NAMES: [&str; 7] = [
         "stats::queue",
@@ -128,6 +134,12 @@ pub async fn refresh_bench(pool: &PgPool, runs: usize) -> anyhow::Result<Refresh
     let runs = runs.max(1);
     let mut per_query: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); NAMES.len()];
     let mut totals = Vec::with_capacity(runs);
+    const RECOVERY: [&str; 3] = [
+        "clusters::list(50)",
+        "selection::preview(all)",
+        "dlq::purge_preview(7d)",
+    ];
+    let mut recovery: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); RECOVERY.len()];
     let mut dead = 0;
     // One untimed round first, as hooktop's first screen would be.
     for round in 0..=runs {
@@ -163,12 +175,29 @@ pub async fn refresh_bench(pool: &PgPool, runs: usize) -> anyhow::Result<Refresh
         for (q, d) in t.iter().enumerate() {
             per_query[q].push(ms(*d));
         }
+        let started = Instant::now();
+        clusters::list(pool, 50).await?;
+        recovery[0].push(ms(started.elapsed()));
+        let started = Instant::now();
+        selection::preview(pool, &Selection::All).await?;
+        recovery[1].push(ms(started.elapsed()));
+        let started = Instant::now();
+        dlq::purge_preview(pool, &PurgeFilter::older_than(chrono::TimeDelta::days(7))).await?;
+        recovery[2].push(ms(started.elapsed()));
     }
     let sort = |v: &mut Vec<f64>| v.sort_by(|a, b| a.total_cmp(b));
     sort(&mut totals);
     let queries = NAMES
         .iter()
         .zip(per_query.iter_mut())
+        .map(|(name, v)| {
+            sort(v);
+            ((*name).to_owned(), quantile(v, 0.5))
+        })
+        .collect();
+    let recovery = RECOVERY
+        .iter()
+        .zip(recovery.iter_mut())
         .map(|(name, v)| {
             sort(v);
             ((*name).to_owned(), quantile(v, 0.5))
@@ -185,6 +214,7 @@ pub async fn refresh_bench(pool: &PgPool, runs: usize) -> anyhow::Result<Refresh
         p90_ms: quantile(&totals, 0.9),
         max_ms: totals[totals.len() - 1],
         queries,
+        recovery,
         events_estimate: events_estimate.max(0.0) as i64,
         dead,
     })
@@ -203,6 +233,10 @@ impl RefreshReport {
             self.max_ms
         );
         for (name, median) in &self.queries {
+            out.push_str(&format!("  {name:<24} median {median:>8.2} ms\n"));
+        }
+        out.push_str("DLQ recovery, apart from the refresh:\n");
+        for (name, median) in &self.recovery {
             out.push_str(&format!("  {name:<24} median {median:>8.2} ms\n"));
         }
         out
