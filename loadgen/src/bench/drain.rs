@@ -218,7 +218,7 @@ async fn diagnostics(
     Ok(())
 }
 
-fn epoch_secs() -> f64 {
+pub(super) fn epoch_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -8,6 +8,7 @@
 //! drifts within minutes. Everything started here is stopped on exit, Ctrl-C included.
 
 mod drain;
+mod endtoend;
 mod ingest;
 mod machine;
 mod pg;
@@ -61,7 +62,7 @@ pub struct Args {
     /// Source mix of the drain backlog.
     #[arg(long, default_value = "telnyx=1,custom=1")]
     drain_mix: String,
-    /// Stages to run: pgbench,ingest,half,receive,drain,refresh,purge (default all).
+    /// Stages to run: pgbench,ingest,half,receive,e2e,drain,refresh,purge (default all).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Stage>,
     /// Also load pg_stat_statements and sample hookd's wait events during ingest (small
@@ -86,6 +87,9 @@ pub enum Stage {
     Ingest,
     Half,
     Receive,
+    /// A burst, then until its backlog is processed.
+    #[value(name = "e2e")]
+    EndToEnd,
     Drain,
     Refresh,
     Purge,
@@ -263,6 +267,7 @@ async fn run(args: &Args, options: Options) -> anyhow::Result<Summary> {
     let mut summary = Summary::new(&bench.options);
     let mut baseline = pgbench::Baseline::prepare(&bench).await?;
     ingest::stages(&bench, &mut baseline, &mut summary).await?;
+    endtoend::stage(&bench, &mut baseline, &mut summary).await?;
     drain::stage(&bench, &mut baseline, &mut summary).await?;
     baseline.finish(&bench, &mut summary).await?;
     refresh::stage(&bench, &mut summary).await?;

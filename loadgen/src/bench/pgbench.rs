@@ -61,8 +61,8 @@ impl Baseline {
         let pool = bench.pg.fresh(DATABASE).await?;
         pg::exec(&pool, TABLE).await?;
         pool.close().await;
-        if o.runs_stage(Stage::Ingest) || o.runs_stage(Stage::Receive) || o.runs_stage(Stage::Drain)
-        {
+        let paired = [Stage::Ingest, Stage::Receive, Stage::EndToEnd, Stage::Drain];
+        if paired.iter().any(|&stage| o.runs_stage(stage)) {
             eprintln!("  (baseline runs are interleaved with the ingest and drain runs below)");
         }
         Ok(Baseline {

@@ -17,6 +17,7 @@ pub struct Summary {
     pub ingest: Closed,
     pub half: Open,
     pub receive: Closed,
+    pub end_to_end: EndToEnd,
     pub drain: Drain,
     pub refresh: Vec<Refresh>,
     /// Refresh time at the last history size over the first: flat is ~1.
@@ -68,6 +69,24 @@ pub struct Open {
     pub send_lag_p99_ms: Option<f64>,
     pub missing: Option<u64>,
     pub non_2xx_and_errors: Option<u64>,
+}
+
+/// A burst with the workers on, until its backlog is empty.
+#[derive(Debug, Default, Serialize)]
+pub struct EndToEnd {
+    pub burst_secs: Option<u64>,
+    /// Events processed ÷ seconds from the burst's start until the backlog was empty.
+    pub rate: Option<f64>,
+    pub ratio: Option<f64>,
+    pub ratios: Vec<f64>,
+    /// Over all runs.
+    pub acked: Option<u64>,
+    pub missing: Option<u64>,
+    pub non_2xx_and_errors: Option<u64>,
+    /// Median seconds from the burst's end until the backlog was empty.
+    pub tail_secs: Option<f64>,
+    /// Events that did not end `succeeded`, over all runs.
+    pub not_succeeded: Option<i64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -246,14 +265,29 @@ impl Summary {
             int(r.missing),
             verdict(r.ratio, |v| v >= 1.2)
         )?;
-        let non_2xx = sum(&[i.non_2xx_and_errors, r.non_2xx_and_errors]);
+        let e = &self.end_to_end;
+        writeln!(
+            t,
+            "| end to end: a {} s burst, workers on, received and processed ÷ time until the backlog is empty | {} events/s = **{} x** baseline (empty {} s after the burst; not succeeded {}) | >= 0.5 x | {} |",
+            int(e.burst_secs),
+            num(e.rate, 1),
+            num(e.ratio, 2),
+            num(e.tail_secs, 1),
+            int(e.not_succeeded),
+            verdict(e.ratio, |v| v >= 0.5)
+        )?;
+        let non_2xx = sum(&[
+            i.non_2xx_and_errors,
+            r.non_2xx_and_errors,
+            e.non_2xx_and_errors,
+        ]);
         writeln!(
             t,
             "| non-2xx answers + errors at full load (all runs) | {} | 0 | {} |",
             int(non_2xx),
             verdict(non_2xx.map(|n| n as f64), |v| v == 0.0)
         )?;
-        let missing = sum(&[i.missing, h.missing, r.missing]);
+        let missing = sum(&[i.missing, h.missing, r.missing, e.missing]);
         writeln!(
             t,
             "| acknowledged but not stored (all ingest runs) | {} | 0 | {} |",
