@@ -246,27 +246,37 @@ pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
 }
 
 /// Locks a claimed batch's events for the caller's transaction and returns the ids still
-/// leased under the attempt the worker holds. The locks keep every other worker away until the
-/// batch commits (claims skip locked rows); an event missing from the answer was taken over
-/// after its lease ran out, and the caller must leave it alone.
+/// leased under the attempt the worker holds, in id order. The locks keep every other worker
+/// away until the batch commits (claims skip locked rows); an event missing from the answer was
+/// taken over after its lease ran out, and the caller must leave it alone.
 pub async fn lock_leased(
     conn: &mut PgConnection,
     events: &[ClaimedEvent],
 ) -> sqlx::Result<Vec<i64>> {
     let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
     let attempts: Vec<i32> = events.iter().map(|e| e.attempt).collect();
-    sqlx::query_scalar(
-        "SELECT e.id FROM events e
+    // The rows are found by id and the state is checked here, not in SQL: `state =
+    // 'processing'` would let the planner walk the partial index of processing rows, which its
+    // statistics often say is empty, and compare every event in flight with every event in the
+    // batch (5.6 ms instead of 0.4 for 100 of 400 in flight). The list of live states keeps
+    // the scan to `events_live`. A row whose attempt moved on is left unlocked.
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT e.id, e.state FROM events e
          JOIN unnest($1::bigint[], $2::int[]) AS l(id, attempt)
            ON e.id = l.id AND e.attempts = l.attempt
-         WHERE e.state = 'processing'
+         WHERE e.id = ANY($1) AND e.state IN ('pending', 'processing', 'retrying')
          ORDER BY e.id
          FOR UPDATE OF e",
     )
     .bind(&ids)
     .bind(&attempts)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, state)| state == "processing")
+        .map(|(id, _)| id)
+        .collect())
 }
 
 /// What one processing attempt did: its consequence for the event and its line in the
@@ -307,8 +317,9 @@ impl AttemptOutcome {
 }
 
 /// Applies a batch of attempts to their events and appends them to the history: two
-/// statements for the whole batch, three when events die. Only events still leased under the
-/// recorded attempt change, so callers lock them first with [`lock_leased`].
+/// statements for the whole batch, three when events die. Only live events under the recorded
+/// attempt change, and callers pass only the ones [`lock_leased`] returned: locked, they are
+/// still `processing` under that attempt.
 pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) -> sqlx::Result<()> {
     if records.is_empty() {
         return Ok(());
@@ -322,7 +333,8 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
         // An event that succeeds or is skipped moves to the day it was processed on, and its
         // earlier attempts (failed ones, or those before a retry from the dead-letter queue)
         // go with it; this attempt is written there below. Unreferenced, the CTE runs after
-        // the UPDATE of events: events before attempts, the lock order of every writer.
+        // the UPDATE of events: events before attempts, the lock order of every writer. The
+        // events are found by id, for the reason `lock_leased` gives.
         "WITH r AS (
              SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[],
                                   $5::timestamptz[])
@@ -342,7 +354,8 @@ pub async fn complete(conn: &mut PgConnection, records: &[AttemptRecord<'_>]) ->
              locked_until = NULL,
              last_error = r.error
          FROM r
-         WHERE e.id = r.id AND e.attempts = r.attempt AND e.state = 'processing'",
+         WHERE e.id = ANY($1) AND e.id = r.id AND e.attempts = r.attempt
+           AND e.state IN ('pending', 'processing', 'retrying')",
     )
     .bind(&ids)
     .bind(&attempts)
