@@ -39,22 +39,14 @@ pub async fn stage(
         "3. drain of a {}-event backlog through the built-in handlers",
         o.backlog
     ));
-    let mut runs = Vec::new();
-    let mut ratios = Vec::new();
-    for r in 1..=o.runs {
-        let before = baseline
-            .once(bench, &format!("before drain run {r}"))
-            .await?;
-        let run = one(bench, r).await?;
-        if let Some(tps) = before {
-            ratios.push(run.rate / tps);
-            eprintln!(
-                "         ratio to the baseline run just before: {:.2}",
-                run.rate / tps
-            );
-        }
-        runs.push(run);
-    }
+    let (runs, ratios) = baseline
+        .paired(
+            bench,
+            "drain",
+            async |r| one(bench, r).await,
+            |run| run.rate,
+        )
+        .await?;
     let d = &mut summary.drain;
     d.rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
     d.ratio = median(&ratios);

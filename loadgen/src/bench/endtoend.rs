@@ -49,22 +49,14 @@ pub async fn stage(
         o.concurrency,
         o.mix_label
     ));
-    let mut runs = Vec::new();
-    let mut ratios = Vec::new();
-    for r in 1..=o.runs {
-        let before = baseline
-            .once(bench, &format!("before end-to-end run {r}"))
-            .await?;
-        let run = one(bench, r, burst).await?;
-        if let Some(tps) = before {
-            ratios.push(run.rate / tps);
-            eprintln!(
-                "         ratio to the baseline run just before: {:.2}",
-                run.rate / tps
-            );
-        }
-        runs.push(run);
-    }
+    let (runs, ratios) = baseline
+        .paired(
+            bench,
+            "end-to-end",
+            async |r| one(bench, r, burst).await,
+            |run| run.rate,
+        )
+        .await?;
     let e = &mut summary.end_to_end;
     e.burst_secs = Some(burst.as_secs());
     e.rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());

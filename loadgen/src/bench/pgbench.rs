@@ -89,6 +89,30 @@ impl Baseline {
         Ok(Some(run.tps))
     }
 
+    /// `--runs` runs of `one`, each just after a baseline run: the runs, and each one's
+    /// `rate` over its baseline's.
+    pub async fn paired<T>(
+        &mut self,
+        bench: &Bench,
+        what: &str,
+        mut one: impl AsyncFnMut(usize) -> anyhow::Result<T>,
+        rate: impl Fn(&T) -> f64,
+    ) -> anyhow::Result<(Vec<T>, Vec<f64>)> {
+        let mut runs = Vec::new();
+        let mut ratios = Vec::new();
+        for r in 1..=bench.options.runs {
+            let before = self.once(bench, &format!("before {what} run {r}")).await?;
+            let run = one(r).await?;
+            if let Some(tps) = before {
+                let ratio = rate(&run) / tps;
+                eprintln!("         ratio to the baseline run just before: {ratio:.2}");
+                ratios.push(ratio);
+            }
+            runs.push(run);
+        }
+        Ok((runs, ratios))
+    }
+
     /// Runs the baseline alone when no hookd run was paired with it; the medians go into the
     /// summary.
     pub async fn finish(&mut self, bench: &Bench, summary: &mut Summary) -> anyhow::Result<()> {
