@@ -185,24 +185,9 @@ pub async fn refresh_bench(pool: &PgPool, runs: usize) -> anyhow::Result<Refresh
         dlq::purge_preview(pool, &PurgeFilter::older_than(chrono::TimeDelta::days(7))).await?;
         recovery[2].push(ms(started.elapsed()));
     }
-    let sort = |v: &mut Vec<f64>| v.sort_by(|a, b| a.total_cmp(b));
-    sort(&mut totals);
-    let queries = NAMES
-        .iter()
-        .zip(per_query.iter_mut())
-        .map(|(name, v)| {
-            sort(v);
-            ((*name).to_owned(), quantile(v, 0.5))
-        })
-        .collect();
-    let recovery = RECOVERY
-        .iter()
-        .zip(recovery.iter_mut())
-        .map(|(name, v)| {
-            sort(v);
-            ((*name).to_owned(), quantile(v, 0.5))
-        })
-        .collect();
+    totals.sort_by(f64::total_cmp);
+    let queries = medians(&NAMES, per_query);
+    let recovery = medians(&RECOVERY, recovery);
     let events_estimate: f32 =
         sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'events'")
             .fetch_one(pool)
@@ -232,15 +217,29 @@ impl RefreshReport {
             self.p90_ms,
             self.max_ms
         );
-        for (name, median) in &self.queries {
-            out.push_str(&format!("  {name:<24} median {median:>8.2} ms\n"));
-        }
-        out.push_str("DLQ recovery, apart from the refresh:\n");
-        for (name, median) in &self.recovery {
-            out.push_str(&format!("  {name:<24} median {median:>8.2} ms\n"));
-        }
+        let lines = |medians: &[(String, f64)]| -> String {
+            medians
+                .iter()
+                .map(|(name, median)| format!("  {name:<24} median {median:>8.2} ms\n"))
+                .collect()
+        };
+        out += &lines(&self.queries);
+        out += "DLQ recovery, apart from the refresh:\n";
+        out += &lines(&self.recovery);
         out
     }
+}
+
+/// Each name with the median of its samples.
+fn medians(names: &[&str], samples: Vec<Vec<f64>>) -> Vec<(String, f64)> {
+    names
+        .iter()
+        .zip(samples)
+        .map(|(name, mut v)| {
+            v.sort_by(f64::total_cmp);
+            ((*name).to_owned(), quantile(&v, 0.5))
+        })
+        .collect()
 }
 
 /// Stores `count` pending events through ingest's own statement, with the bodies `run` sends:

@@ -607,6 +607,32 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
     assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2, None));
 }
 
+/// `lock_leased` finds rows by id and checks the state itself: a live row under the same
+/// attempt that is no longer `processing` is not the worker's.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_batch_keeps_only_the_rows_still_processing_under_its_attempt(pool: PgPool) {
+    for id in ["msg_k1", "msg_k2", "msg_k3"] {
+        store(&pool, Source::Custom, id, "x.y", &custom_event("x.y")).await;
+    }
+    let mut claimed = events::claim_due(&pool, 10, Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    claimed.sort_by_key(|e| e.id);
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    // The second is sent back to wait under the same attempt number, as if another hand had.
+    sqlx::query("UPDATE events SET state = 'retrying' WHERE id = $1")
+        .bind(ids[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        events::lock_leased(&mut tx, &claimed).await.unwrap(),
+        [ids[0], ids[2]]
+    );
+    tx.commit().await.unwrap();
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn custom_events_are_audited_with_their_business(pool: PgPool) {
     let biz = insert_business(&pool, "Acme", None, None).await;
