@@ -467,6 +467,8 @@ async fn drop_days(
             match drop_day(pool, token, day, archive).await {
                 Err(ArchiveError::Database(e)) if tries < 10 && is_lock_conflict(&e) => {
                     tries += 1;
+                    // Long enough for the statement in the way to finish.
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << tries.min(6))).await;
                 }
                 done => {
                     done?;
@@ -541,12 +543,7 @@ async fn drop_day(
     let mut first: Option<u64> = None;
     let archived = archive_day(&mut tx, &events_day, attempts_table, archive, &mut first).await;
     let dropped = match archived {
-        Ok(held) => sqlx::query_scalar::<_, bool>("SELECT hookd_drop_dead_day($1, false)")
-            .bind(day)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(ArchiveError::from)
-            .map(|_| held),
+        Ok(held) => drop_locked_day(&mut tx, day).await.map(|()| held),
         Err(e) => Err(e),
     };
     let committed = match dropped {
@@ -560,6 +557,22 @@ async fn drop_day(
         }
         Err(e) => Err(archive.cut(first, e).await),
     }
+}
+
+/// Drops a day this transaction holds locked. The drop needs the dead side's parent, which
+/// writers take before the day: waiting for it while holding the day could close a cycle with
+/// a dying or retried event, and the deadlock detector might end the writer's transaction
+/// instead of this one. So it does not wait: a busy parent is a lock conflict, and the day is
+/// tried again from the start.
+async fn drop_locked_day(tx: &mut PgConnection, day: NaiveDate) -> Result<(), ArchiveError> {
+    sqlx::query("LOCK TABLE ONLY events_dead IN ACCESS EXCLUSIVE MODE NOWAIT")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT hookd_drop_dead_day($1, false)")
+        .bind(day)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Writes one locked day's events to the archive (only counts them when archiving is off);
