@@ -36,28 +36,13 @@ pub struct Load {
 }
 
 pub async fn load(load: Load, stop: CancellationToken) -> anyhow::Result<run::Report> {
-    let keys = payload::Keys::new(
-        load.secrets.stripe.as_deref(),
-        load.secrets.telnyx_seed.as_deref(),
-        load.secrets.custom.as_deref(),
-    )?;
-    keys.check(&load.mix)?;
     let (addr, host) = target(&load.url)?;
     let pool = match &load.database_url {
         Some(url) => Some(db::pool(url, 2).await?),
         None => None,
     };
-    let business_ids = match &pool {
-        Some(pool) => db::ensure_businesses(pool, load.businesses).await?,
-        None => Vec::new(),
-    };
-    let ids = payload::Ids::new();
-    let generator = payload::Generator {
-        keys,
-        ids: ids.clone(),
-        businesses: load.businesses,
-        business_ids,
-    };
+    let generator = generator(&load.secrets, &load.mix, load.businesses, pool.as_ref()).await?;
+    let ids = generator.ids.clone();
     let plan = run::Plan {
         addr,
         host,
@@ -78,8 +63,34 @@ pub async fn load(load: Load, stop: CancellationToken) -> anyhow::Result<run::Re
     Ok(report)
 }
 
+/// Requests for `mix` with fresh ids; with hookd's database, its businesses are created first
+/// and custom events name them.
+pub async fn generator(
+    secrets: &Secrets,
+    mix: &[Source],
+    businesses: u64,
+    pool: Option<&sqlx::PgPool>,
+) -> anyhow::Result<payload::Generator> {
+    let keys = payload::Keys::new(
+        secrets.stripe.as_deref(),
+        secrets.telnyx_seed.as_deref(),
+        secrets.custom.as_deref(),
+    )?;
+    keys.check(mix)?;
+    let business_ids = match pool {
+        Some(pool) => db::ensure_businesses(pool, businesses).await?,
+        None => Vec::new(),
+    };
+    Ok(payload::Generator {
+        keys,
+        ids: payload::Ids::new(),
+        businesses,
+        business_ids,
+    })
+}
+
 /// `http://host:port` -> the address to connect to and the Host header.
-fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+pub fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
     use std::net::ToSocketAddrs;
     let uri: hyper::Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
     if uri.scheme_str() != Some("http") {

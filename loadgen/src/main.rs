@@ -4,6 +4,7 @@
 //! loadgen run --url http://127.0.0.1:8080 -c 32 -d 20s              # closed loop: max rate
 //! loadgen run --url ... -c 32 -d 20s --rate 1500                     # open loop, fixed rate
 //! loadgen run --url ... -n 10000 --mix stripe=1,telnyx=2 --json      # a count, JSON report
+//! loadgen presign -n 300000 --out requests.bin                      # for wrk (wrk/replay.lua)
 //! loadgen refresh-bench --runs 20                                    # hooktop's refresh, timed
 //! loadgen bench --quick                                              # every target, side by side
 //! ```
@@ -15,6 +16,7 @@ mod bench;
 mod db;
 mod drive;
 mod payload;
+mod presign;
 mod run;
 
 use std::process::ExitCode;
@@ -39,6 +41,9 @@ enum Command {
     /// Send signed webhooks over N keep-alive connections and report throughput, latency
     /// percentiles, every non-2xx by status, and whether every acknowledged event was stored.
     Run(Box<RunArgs>),
+    /// Sign requests ahead of time for a client that does not sign, such as wrk with
+    /// loadgen/wrk/replay.lua; hookd accepts them for five minutes.
+    Presign(Box<PresignArgs>),
     /// Time hooktop's refresh: the same `common::db::stats` and `dlq` calls, query by query.
     RefreshBench(RefreshArgs),
     /// Store a backlog of pending events (the bodies `run` sends) for the workers to drain.
@@ -100,6 +105,35 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct PresignArgs {
+    /// Base URL of hookd (its host goes into the Host header).
+    #[arg(long, env = "HOOKD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// How many requests, each with its own event id.
+    #[arg(short = 'n', long)]
+    count: u64,
+    /// Relative weights of the sources, as for `run`.
+    #[arg(long, default_value = "stripe=1,telnyx=1,custom=1")]
+    mix: String,
+    /// How many businesses the payloads are spread over.
+    #[arg(long, default_value_t = 100)]
+    businesses: u64,
+    /// hookd's database: creates the bench businesses, which custom events then name.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The file to write: raw HTTP/1.1 requests, each after a line with its length.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    stripe_secret: Option<String>,
+    /// Base64 32-byte Ed25519 seed (the private half of hookd's TELNYX_PUBLIC_KEY).
+    #[arg(long, env = "TELNYX_SIGNING_KEY", hide_env_values = true)]
+    telnyx_signing_key: Option<String>,
+    #[arg(long, env = "CUSTOM_WEBHOOK_SECRET", hide_env_values = true)]
+    custom_secret: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 struct RefreshArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -150,6 +184,29 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(*args).await,
         Command::Bench(args) => bench::main(*args).await,
+        Command::Presign(args) => {
+            let mix = payload::parse_mix(&args.mix)?;
+            let (_, host) = drive::target(&args.url)?;
+            let pool = match &args.database_url {
+                Some(url) => Some(db::pool(url, 2).await?),
+                None => None,
+            };
+            let secrets = drive::Secrets {
+                stripe: args.stripe_secret,
+                telnyx_seed: args.telnyx_signing_key,
+                custom: args.custom_secret,
+            };
+            let generator =
+                drive::generator(&secrets, &mix, args.businesses, pool.as_ref()).await?;
+            let bytes = presign::write(&generator, &mix, &host, args.count, &args.out)?;
+            println!(
+                "{} requests ({:.1} MiB) in {}; replay within five minutes",
+                args.count,
+                bytes as f64 / (1 << 20) as f64,
+                args.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::RefreshBench(args) => {
             let pool = db::pool(&args.database_url, 4).await?;
             let report = db::refresh_bench(&pool, args.runs).await?;

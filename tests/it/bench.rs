@@ -257,7 +257,7 @@ async fn the_quick_benchmark_measures_every_stage() {
         "figures not measured: {missing:?}\n{said}"
     );
     assert_eq!(summary["refresh"].as_array().map(Vec::len), Some(2));
-    for stage in ["ingest", "half", "receive", "end_to_end", "purge"] {
+    for stage in ["ingest", "half", "receive", "wrk", "end_to_end", "purge"] {
         assert_eq!(
             summary[stage]["missing"], 0,
             "{stage}: acknowledged but not stored"
@@ -265,6 +265,8 @@ async fn the_quick_benchmark_measures_every_stage() {
     }
     assert!(summary["ingest"]["acked"].as_u64() > Some(0));
     assert_eq!(summary["ingest"]["non_2xx_and_errors"], 0);
+    assert!(summary["wrk"]["acked"].as_u64() > Some(0));
+    assert_eq!(summary["wrk"]["non_2xx_and_errors"], 0);
     assert_eq!(summary["drain"]["not_succeeded"], 0);
     assert!(summary["end_to_end"]["acked"].as_u64() > Some(0));
     assert_eq!(summary["end_to_end"]["not_succeeded"], 0);

@@ -10,12 +10,14 @@ use crate::{cargo, heading, step};
 
 /// The real tools the end-to-end tests drive, by the Debian package that has them: tmux
 /// (hooktop in a real terminal), a D-Bus session bus (desktop notifications), systemd-analyze
-/// (the unit files) and promtool (the dashboard and alert rules).
-const TOOLS: [(&str, &str); 4] = [
+/// (the unit files), promtool (the dashboard and alert rules) and wrk (the benchmark's
+/// off-the-shelf client).
+const TOOLS: [(&str, &str); 5] = [
     ("tmux", "tmux"),
     ("dbus-daemon", "dbus"),
     ("systemd-analyze", "systemd"),
     ("promtool", "prometheus"),
+    ("wrk", "wrk"),
 ];
 
 /// The package test builds a .deb from the debug binaries the suite builds anyway; pinned

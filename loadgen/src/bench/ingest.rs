@@ -236,7 +236,7 @@ async fn one(bench: &Bench, kind: Kind, r: usize, rate: Option<f64>) -> anyhow::
 
 /// Failed attempts, of which deadlocks, and the events still queued; the failures' causes go
 /// into the run directory.
-async fn workers_meanwhile(
+pub(super) async fn workers_meanwhile(
     bench: &Bench,
     pool: &PgPool,
     name: &str,

@@ -16,6 +16,7 @@ mod pgbench;
 mod procs;
 mod purge;
 mod refresh;
+mod replay;
 mod summary;
 
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ pub struct Args {
     /// Source mix of the drain backlog.
     #[arg(long, default_value = "telnyx=1,custom=1")]
     drain_mix: String,
-    /// Stages to run: pgbench,ingest,half,receive,e2e,drain,refresh,purge (default all).
+    /// Stages to run: pgbench,ingest,half,receive,wrk,e2e,drain,refresh,purge (default all).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Stage>,
     /// Also load pg_stat_statements and sample hookd's wait events during ingest (small
@@ -87,6 +88,8 @@ pub enum Stage {
     Ingest,
     Half,
     Receive,
+    /// Receive-only hookd under wrk, replaying requests signed before the run.
+    Wrk,
     /// A burst, then until its backlog is processed.
     #[value(name = "e2e")]
     EndToEnd,
@@ -267,6 +270,7 @@ async fn run(args: &Args, options: Options) -> anyhow::Result<Summary> {
     let mut summary = Summary::new(&bench.options);
     let mut baseline = pgbench::Baseline::prepare(&bench).await?;
     ingest::stages(&bench, &mut baseline, &mut summary).await?;
+    replay::stage(&bench, &mut baseline, &mut summary).await?;
     endtoend::stage(&bench, &mut baseline, &mut summary).await?;
     drain::stage(&bench, &mut baseline, &mut summary).await?;
     baseline.finish(&bench, &mut summary).await?;

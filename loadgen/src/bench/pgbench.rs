@@ -61,7 +61,13 @@ impl Baseline {
         let pool = bench.pg.fresh(DATABASE).await?;
         pg::exec(&pool, TABLE).await?;
         pool.close().await;
-        let paired = [Stage::Ingest, Stage::Receive, Stage::EndToEnd, Stage::Drain];
+        let paired = [
+            Stage::Ingest,
+            Stage::Receive,
+            Stage::Wrk,
+            Stage::EndToEnd,
+            Stage::Drain,
+        ];
         if paired.iter().any(|&stage| o.runs_stage(stage)) {
             eprintln!("  (baseline runs are interleaved with the ingest and drain runs below)");
         }

@@ -17,6 +17,8 @@ pub struct Summary {
     pub ingest: Closed,
     pub half: Open,
     pub receive: Closed,
+    /// Receive-only, under wrk replaying pre-signed requests.
+    pub wrk: Closed,
     pub end_to_end: EndToEnd,
     pub drain: Drain,
     pub refresh: Vec<Refresh>,
@@ -265,6 +267,16 @@ impl Summary {
             int(r.missing),
             verdict(r.ratio, |v| v >= 1.2)
         )?;
+        let w = &self.wrk;
+        writeln!(
+            t,
+            "| receive-only hookd under wrk, replaying pre-signed requests | {} acks/s = **{} x** baseline (p99 {} ms; missing {}) | >= 1.2 x | {} |",
+            num(w.rate, 1),
+            num(w.ratio, 2),
+            num(w.p99_ms, 2),
+            int(w.missing),
+            verdict(w.ratio, |v| v >= 1.2)
+        )?;
         let e = &self.end_to_end;
         writeln!(
             t,
@@ -279,6 +291,7 @@ impl Summary {
         let non_2xx = sum(&[
             i.non_2xx_and_errors,
             r.non_2xx_and_errors,
+            w.non_2xx_and_errors,
             e.non_2xx_and_errors,
         ]);
         writeln!(
@@ -287,7 +300,7 @@ impl Summary {
             int(non_2xx),
             verdict(non_2xx.map(|n| n as f64), |v| v == 0.0)
         )?;
-        let missing = sum(&[i.missing, h.missing, r.missing, e.missing]);
+        let missing = sum(&[i.missing, h.missing, r.missing, w.missing, e.missing]);
         writeln!(
             t,
             "| acknowledged but not stored (all ingest runs) | {} | 0 | {} |",
@@ -303,9 +316,10 @@ impl Summary {
         )?;
         writeln!(
             t,
-            "| hookd CPU per acknowledged event (full load; receive-only) | **{} µs** ({} µs) | <= 60 µs | {} |",
+            "| hookd CPU per acknowledged event (full load; receive-only; under wrk) | **{} µs** ({} µs; {} µs) | <= 60 µs | {} |",
             num(i.hookd_cpu_us_per_ack, 0),
             num(r.hookd_cpu_us_per_ack, 0),
+            num(w.hookd_cpu_us_per_ack, 0),
             verdict(i.hookd_cpu_us_per_ack, |v| v <= 60.0)
         )?;
         writeln!(
