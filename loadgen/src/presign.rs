@@ -49,6 +49,8 @@ pub fn write(
         out.write_all(&request)?;
         bytes += request.len() as u64;
     }
-    out.flush()?;
+    // On disk before the run starts: the kernel writing back hundreds of MiB meanwhile would
+    // delay PostgreSQL's WAL flushes, and that would be charged to hookd.
+    out.into_inner()?.sync_all()?;
     Ok(bytes)
 }
