@@ -257,7 +257,15 @@ async fn the_quick_benchmark_measures_every_stage() {
         "figures not measured: {missing:?}\n{said}"
     );
     assert_eq!(summary["refresh"].as_array().map(Vec::len), Some(2));
-    for stage in ["ingest", "half", "receive", "wrk", "end_to_end", "purge"] {
+    for stage in [
+        "ingest",
+        "half",
+        "receive",
+        "wrk",
+        "receive_history",
+        "end_to_end",
+        "purge",
+    ] {
         assert_eq!(
             summary[stage]["missing"], 0,
             "{stage}: acknowledged but not stored"

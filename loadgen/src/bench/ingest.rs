@@ -37,6 +37,8 @@ enum Kind {
     Full,
     Half,
     ReceiveOnly,
+    /// Receive-only on top of the refresh stage's history.
+    ReceiveOnHistory,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Full => "ingest",
             Kind::Half => "half",
             Kind::ReceiveOnly => "receive",
+            Kind::ReceiveOnHistory => "receive-history",
         }
     }
 }
@@ -60,7 +63,7 @@ pub async fn stages(
             "2. hookd ingest: {} connections, mix {}, workers on (default), rate limit off",
             o.concurrency, o.mix_label
         ));
-        let runs = runs(bench, baseline, Kind::Full, None).await?;
+        let runs = runs(bench, baseline, Kind::Full, None, None).await?;
         summary.ingest = closed(&runs);
         summary.memory.hookd_mib = mib(runs.iter().filter_map(|r| r.peak_rss_kib).max());
         eprintln!(
@@ -78,7 +81,7 @@ pub async fn stages(
             "2b. hookd at half that rate, open loop: {target:.0} req/s over {} connections",
             o.concurrency
         ));
-        let runs = runs(bench, baseline, Kind::Half, Some(target)).await?;
+        let runs = runs(bench, baseline, Kind::Half, Some(target), None).await?;
         let h = &mut summary.half;
         let each =
             |f: fn(&Report) -> f64| median(&runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>());
@@ -101,10 +104,29 @@ pub async fn stages(
             "2c. receive-only hookd (HOOKD_WORKERS=0): {} connections, closed loop, mix {}",
             o.concurrency, o.mix_label
         ));
-        let runs = runs(bench, baseline, Kind::ReceiveOnly, None).await?;
+        let runs = runs(bench, baseline, Kind::ReceiveOnly, None, None).await?;
         summary.receive = closed(&runs);
     }
     bench.pg.drop_database(DATABASE).await
+}
+
+/// The receive stage's runs on `database`, which holds history already: each run starts from
+/// an empty queue, as the receive stage's start from an empty database, so what differs is
+/// the history (its keys above all, which every claim probes).
+pub async fn receive_on_history(
+    bench: &Bench,
+    baseline: &mut Baseline,
+    database: &str,
+) -> anyhow::Result<Closed> {
+    let runs = runs(
+        bench,
+        baseline,
+        Kind::ReceiveOnHistory,
+        None,
+        Some(database),
+    )
+    .await?;
+    Ok(closed(&runs))
 }
 
 fn closed(runs: &[Measured]) -> Closed {
@@ -133,6 +155,7 @@ async fn runs(
     baseline: &mut Baseline,
     kind: Kind,
     rate: Option<f64>,
+    history: Option<&str>,
 ) -> anyhow::Result<Vec<Measured>> {
     let paired = kind != Kind::Half;
     let mut runs = Vec::new();
@@ -144,7 +167,7 @@ async fn runs(
         } else {
             None
         };
-        let mut run = one(bench, kind, r, rate).await?;
+        let mut run = one(bench, kind, r, rate, history).await?;
         run.ratio = before.map(|tps| run.report.throughput / tps);
         if let Some(ratio) = run.ratio {
             eprintln!("         ratio to the baseline run just before: {ratio:.2}");
@@ -154,21 +177,36 @@ async fn runs(
     Ok(runs)
 }
 
-async fn one(bench: &Bench, kind: Kind, r: usize, rate: Option<f64>) -> anyhow::Result<Measured> {
+async fn one(
+    bench: &Bench,
+    kind: Kind,
+    r: usize,
+    rate: Option<f64>,
+    history: Option<&str>,
+) -> anyhow::Result<Measured> {
     let o = &bench.options;
     let name = kind.name();
-    let pool = bench.pg.fresh(DATABASE).await?;
+    let database = history.unwrap_or(DATABASE);
+    let pool = match history {
+        Some(database) => {
+            let pool = bench.pg.pool(database, 2).await?;
+            // The previous run's events, not history: TRUNCATE keeps the tally's triggers.
+            pg::exec(&pool, "TRUNCATE events_live").await?;
+            pool
+        }
+        None => bench.pg.fresh(DATABASE).await?,
+    };
     let diagnose = o.diagnose && r == 1;
     if diagnose {
         pg::exec(&pool, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await?;
     }
     bench.pg.checkpoint().await?;
-    let workers: &[(&str, &str)] = if kind == Kind::ReceiveOnly {
+    let workers: &[(&str, &str)] = if matches!(kind, Kind::ReceiveOnly | Kind::ReceiveOnHistory) {
         &[("HOOKD_WORKERS", "0")]
     } else {
         &[]
     };
-    let hookd = Hookd::start(bench, DATABASE, &format!("hookd-{name}-{r}.log"), workers).await?;
+    let hookd = Hookd::start(bench, database, &format!("hookd-{name}-{r}.log"), workers).await?;
     let sampling = CancellationToken::new();
     let waits = diagnose.then(|| tokio::spawn(sample_waits(pool.clone(), sampling.clone())));
 
@@ -185,7 +223,7 @@ async fn one(bench: &Bench, kind: Kind, r: usize, rate: Option<f64>) -> anyhow::
         mix: o.mix.clone(),
         businesses: 100,
         secrets: bench.secrets.clone(),
-        database_url: Some(bench.pg.url(DATABASE)),
+        database_url: Some(bench.pg.url(database)),
         check: true,
     };
     let report = drive::load(load, CancellationToken::new()).await?;

@@ -273,8 +273,8 @@ async fn run(args: &Args, options: Options) -> anyhow::Result<Summary> {
     replay::stage(&bench, &mut baseline, &mut summary).await?;
     endtoend::stage(&bench, &mut baseline, &mut summary).await?;
     drain::stage(&bench, &mut baseline, &mut summary).await?;
+    refresh::stage(&bench, &mut baseline, &mut summary).await?;
     baseline.finish(&bench, &mut summary).await?;
-    refresh::stage(&bench, &mut summary).await?;
     purge::stage(&bench, &mut summary).await?;
 
     let table = summary.markdown(&bench.out);

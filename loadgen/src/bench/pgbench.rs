@@ -67,6 +67,7 @@ impl Baseline {
             Stage::Wrk,
             Stage::EndToEnd,
             Stage::Drain,
+            Stage::Refresh,
         ];
         if paired.iter().any(|&stage| o.runs_stage(stage)) {
             eprintln!("  (baseline runs are interleaved with the ingest and drain runs below)");

@@ -15,8 +15,9 @@ use common::db::bulk::{self, Fate, PastEvent};
 use common::db::events::NewEvent;
 use sqlx::PgPool;
 
+use super::pgbench::Baseline;
 use super::summary::{Refresh, Summary, median, mib};
-use super::{Bench, Stage, heading, machine, pg, procs};
+use super::{Bench, Stage, heading, ingest, machine, pg, procs};
 use crate::db;
 
 const DATABASE: &str = "bench_history";
@@ -51,7 +52,11 @@ struct Mix {
     retry_every: Option<u64>,
 }
 
-pub async fn stage(bench: &Bench, summary: &mut Summary) -> anyhow::Result<()> {
+pub async fn stage(
+    bench: &Bench,
+    baseline: &mut Baseline,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     if !bench.options.runs_stage(Stage::Refresh) {
         return Ok(());
     }
@@ -91,6 +96,12 @@ pub async fn stage(bench: &Bench, summary: &mut Summary) -> anyhow::Result<()> {
             summary.memory.hooktop_mib = mib(hooktop_peak_rss(bench).await?);
         }
     }
+    heading(&format!(
+        "4b. receive-only hookd on top of those {loaded} events: {} connections, closed loop",
+        bench.options.concurrency
+    ));
+    summary.receive_history = ingest::receive_on_history(bench, baseline, DATABASE).await?;
+    summary.history_events = Some(loaded);
     pool.close().await;
     if let (Some(first), Some(last)) = (summary.refresh.first(), summary.refresh.last()) {
         summary.refresh_growth = last.ms.zip(first.ms).map(|(l, f)| l / f);

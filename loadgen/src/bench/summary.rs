@@ -22,6 +22,9 @@ pub struct Summary {
     pub end_to_end: EndToEnd,
     pub drain: Drain,
     pub refresh: Vec<Refresh>,
+    /// Receive-only on top of the last history size (`history_events` events).
+    pub receive_history: Closed,
+    pub history_events: Option<u64>,
     /// Refresh time at the last history size over the first: flat is ~1.
     pub refresh_growth: Option<f64>,
     pub purge: Purge,
@@ -300,7 +303,14 @@ impl Summary {
             int(non_2xx),
             verdict(non_2xx.map(|n| n as f64), |v| v == 0.0)
         )?;
-        let missing = sum(&[i.missing, h.missing, r.missing, w.missing, e.missing]);
+        let missing = sum(&[
+            i.missing,
+            h.missing,
+            r.missing,
+            w.missing,
+            e.missing,
+            self.receive_history.missing,
+        ]);
         writeln!(
             t,
             "| acknowledged but not stored (all ingest runs) | {} | 0 | {} |",
@@ -350,6 +360,22 @@ impl Summary {
                 verdict(self.refresh_growth, |v| v <= 1.5)
             )?;
         }
+        let with_history = self
+            .receive_history
+            .ratio
+            .zip(r.ratio)
+            .map(|(history, empty)| history / empty);
+        writeln!(
+            t,
+            "| receive-only hookd on top of {} events of history | {} acks/s = {} x baseline: **{} x** the empty database's ratio (p99 {} ms; missing {}) | >= 0.9 x | {} |",
+            int(self.history_events),
+            num(self.receive_history.rate, 1),
+            num(self.receive_history.ratio, 2),
+            num(with_history, 2),
+            num(self.receive_history.p99_ms, 2),
+            int(self.receive_history.missing),
+            verdict(with_history, |v| v >= 0.9)
+        )?;
         writeln!(
             t,
             "| purge of {} dead events > 7 days | **{} s** | <= 2 s | {} |",
