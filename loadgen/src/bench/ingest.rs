@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -190,7 +191,8 @@ async fn one(
     let pool = match history {
         Some(database) => {
             let pool = bench.pg.pool(database, 2).await?;
-            // The previous run's events, not history: TRUNCATE keeps the tally's triggers.
+            // The queue: the previous run's events (and the history's hundred retrying
+            // ones), which are not history; the settled and dead days stay.
             pg::exec(&pool, "TRUNCATE events_live").await?;
             pool
         }
@@ -201,6 +203,7 @@ async fn one(
         pg::exec(&pool, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await?;
     }
     bench.pg.checkpoint().await?;
+    let since = pg::now(&pool).await?;
     let workers: &[(&str, &str)] = if matches!(kind, Kind::ReceiveOnly | Kind::ReceiveOnHistory) {
         &[("HOOKD_WORKERS", "0")]
     } else {
@@ -240,7 +243,7 @@ async fn one(
         serde_json::to_string(&report)?,
     )?;
     let peak_rss_kib = hookd.peak_rss_kib();
-    let measured = workers_meanwhile(bench, &pool, name, r).await?;
+    let measured = workers_meanwhile(bench, &pool, name, r, since).await?;
     hookd.stop().await?;
     pool.close().await;
 
@@ -274,27 +277,29 @@ async fn one(
 
 /// Failed attempts, of which deadlocks, and the events still queued; the failures' causes go
 /// into the run directory.
+/// Only attempts since `since` count: a database with history holds older ones.
 pub(super) async fn workers_meanwhile(
     bench: &Bench,
     pool: &PgPool,
     name: &str,
     r: usize,
+    since: DateTime<Utc>,
 ) -> anyhow::Result<(u64, u64, i64)> {
-    let failed = pg::count(
-        pool,
-        "SELECT count(*) FROM event_attempts WHERE outcome <> 'succeeded'",
+    let (failed, deadlocks): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE outcome <> 'succeeded'),
+                count(*) FILTER (WHERE error LIKE '%deadlock%')
+         FROM event_attempts WHERE processed_at >= $1",
     )
-    .await?;
-    let deadlocks = pg::count(
-        pool,
-        "SELECT count(*) FROM event_attempts WHERE error LIKE '%deadlock%'",
-    )
+    .bind(since)
+    .fetch_one(pool)
     .await?;
     let queued = common::db::stats::queue(pool).await?.depth();
     let causes: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT count(*), left(error, 120) FROM event_attempts WHERE outcome <> 'succeeded'
+        "SELECT count(*), left(error, 120) FROM event_attempts
+         WHERE outcome <> 'succeeded' AND processed_at >= $1
          GROUP BY 2 ORDER BY 1 DESC LIMIT 10",
     )
+    .bind(since)
     .fetch_all(pool)
     .await?;
     let text: String = causes

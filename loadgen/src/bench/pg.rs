@@ -149,3 +149,8 @@ pub async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
         .await
         .with_context(|| sql.to_owned())
 }
+
+/// The database server's clock, to compare with the times it records.
+pub async fn now(pool: &PgPool) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(pool).await?)
+}

@@ -103,6 +103,7 @@ async fn one(bench: &Bench, wrk: &Path, script: &Path, r: usize) -> anyhow::Resu
     let o = &bench.options;
     let pool = bench.pg.fresh(DATABASE).await?;
     bench.pg.checkpoint().await?;
+    let since = pg::now(&pool).await?;
     let hookd = Hookd::start(
         bench,
         DATABASE,
@@ -163,7 +164,7 @@ async fn one(bench: &Bench, wrk: &Path, script: &Path, r: usize) -> anyhow::Resu
         );
     }
     let stored = pg::count(&pool, "SELECT count(*) FROM events").await?;
-    let meanwhile = workers_meanwhile(bench, &pool, "wrk", r).await?;
+    let meanwhile = workers_meanwhile(bench, &pool, "wrk", r, since).await?;
     hookd.stop().await?;
     pool.close().await;
 
