@@ -1,7 +1,8 @@
 //! Stage 2: hookd under load. Closed loop with the workers on (as in production), then open
 //! loop at half that rate, then closed loop against a receive-only hookd (`HOOKD_WORKERS=0`),
 //! which only verifies and stores, as pgbench only inserts. Each run gets a fresh database and
-//! a fresh hookd, so no run inherits the previous one's backlog.
+//! a fresh hookd, so no run inherits the previous one's backlog. The refresh stage also runs
+//! the receive-only runs on its history (`receive_on_history`), each from an emptied queue.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
