@@ -95,6 +95,13 @@ struct RunArgs {
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    secrets: SecretArgs,
+}
+
+/// The secrets to sign with, from the variables hookd reads.
+#[derive(Debug, clap::Args)]
+struct SecretArgs {
     #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
     stripe_secret: Option<String>,
     /// Base64 32-byte Ed25519 seed (the private half of hookd's TELNYX_PUBLIC_KEY).
@@ -102,6 +109,16 @@ struct RunArgs {
     telnyx_signing_key: Option<String>,
     #[arg(long, env = "CUSTOM_WEBHOOK_SECRET", hide_env_values = true)]
     custom_secret: Option<String>,
+}
+
+impl From<SecretArgs> for drive::Secrets {
+    fn from(s: SecretArgs) -> Self {
+        drive::Secrets {
+            stripe: s.stripe_secret,
+            telnyx_seed: s.telnyx_signing_key,
+            custom: s.custom_secret,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,13 +141,8 @@ struct PresignArgs {
     /// The file to write: raw HTTP/1.1 requests, each after a line with its length.
     #[arg(long)]
     out: std::path::PathBuf,
-    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
-    stripe_secret: Option<String>,
-    /// Base64 32-byte Ed25519 seed (the private half of hookd's TELNYX_PUBLIC_KEY).
-    #[arg(long, env = "TELNYX_SIGNING_KEY", hide_env_values = true)]
-    telnyx_signing_key: Option<String>,
-    #[arg(long, env = "CUSTOM_WEBHOOK_SECRET", hide_env_values = true)]
-    custom_secret: Option<String>,
+    #[command(flatten)]
+    secrets: SecretArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,11 +203,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Some(url) => Some(db::pool(url, 2).await?),
                 None => None,
             };
-            let secrets = drive::Secrets {
-                stripe: args.stripe_secret,
-                telnyx_seed: args.telnyx_signing_key,
-                custom: args.custom_secret,
-            };
+            let secrets = args.secrets.into();
             let generator =
                 drive::generator(&secrets, &mix, args.businesses, pool.as_ref()).await?;
             let bytes = presign::write(&generator, &mix, &host, args.count, &args.out)?;
@@ -253,11 +261,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         mix: payload::parse_mix(&args.mix)?,
         businesses: args.businesses,
-        secrets: drive::Secrets {
-            stripe: args.stripe_secret,
-            telnyx_seed: args.telnyx_signing_key,
-            custom: args.custom_secret,
-        },
+        secrets: args.secrets.into(),
         database_url: args.database_url,
         check: !args.no_check,
     };

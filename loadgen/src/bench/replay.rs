@@ -204,17 +204,10 @@ async fn one(bench: &Bench, wrk: &Path, script: &Path, r: usize) -> anyhow::Resu
 
 /// wrk from PATH, or Debian's package installed now.
 fn wrk() -> anyhow::Result<PathBuf> {
-    let find = || {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("wrk"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(path) = find() {
+    if let Ok(path) = which::which("wrk") {
         return Ok(path);
     }
     eprintln!("  wrk is not installed: apt-get install wrk");
     pgcluster::apt_install(&["wrk"])?;
-    find().context("wrk is still not on PATH after apt-get install wrk")
+    which::which("wrk").context("wrk is still not on PATH after apt-get install wrk")
 }

@@ -261,25 +261,21 @@ impl Summary {
             num(h.rate, 1),
             verdict(h.p99_ms, |v| v <= 20.0)
         )?;
-        writeln!(
-            t,
-            "| receive-only hookd (HOOKD_WORKERS=0), closed loop | {} acks/s = **{} x** baseline (p99 {} ms; missing {}) | >= 1.2 x | {} |",
-            num(r.rate, 1),
-            num(r.ratio, 2),
-            num(r.p99_ms, 2),
-            int(r.missing),
-            verdict(r.ratio, |v| v >= 1.2)
-        )?;
         let w = &self.wrk;
-        writeln!(
-            t,
-            "| receive-only hookd under wrk, replaying pre-signed requests | {} acks/s = **{} x** baseline (p99 {} ms; missing {}) | >= 1.2 x | {} |",
-            num(w.rate, 1),
-            num(w.ratio, 2),
-            num(w.p99_ms, 2),
-            int(w.missing),
-            verdict(w.ratio, |v| v >= 1.2)
-        )?;
+        for (client, c) in [
+            ("(HOOKD_WORKERS=0), closed loop", r),
+            ("under wrk, replaying pre-signed requests", w),
+        ] {
+            writeln!(
+                t,
+                "| receive-only hookd {client} | {} acks/s = **{} x** baseline (p99 {} ms; missing {}) | >= 1.2 x | {} |",
+                num(c.rate, 1),
+                num(c.ratio, 2),
+                num(c.p99_ms, 2),
+                int(c.missing),
+                verdict(c.ratio, |v| v >= 1.2)
+            )?;
+        }
         let e = &self.end_to_end;
         writeln!(
             t,
