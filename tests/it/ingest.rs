@@ -397,6 +397,11 @@ async fn signed_bodies_that_are_not_usable_json_say_why(pool: PgPool) {
             "{\"id\": \"evt_nul\", \"type\": \"x.y\", \"note\": \"a\\u0000b\"}",
             "cannot be stored",
         ),
+        // Valid JSON that serde_json reads as 0.0, but beyond any numeric jsonb can hold.
+        (
+            "{\"id\": \"evt_tiny\", \"type\": \"x.y\", \"n\": 1e-20000}",
+            "cannot be stored",
+        ),
     ] {
         assert_rejected(
             &hookd,
@@ -487,10 +492,10 @@ async fn unconfigured_sources_are_not_found(pool: PgPool) {
 async fn one_unstorable_payload_in_a_batch_fails_alone(pool: PgPool) {
     let hookd = Hookd::ingest_only(&pool).await;
     let replies = futures::future::join_all((0..40).map(|i| {
-        let body = if i == 17 {
-            r#"{"type": "x.y", "note": "nul \u0000 byte"}"#.to_owned()
-        } else {
-            custom_event("x.y")
+        let body = match i {
+            17 => r#"{"type": "x.y", "note": "nul \u0000 byte"}"#.to_owned(),
+            29 => r#"{"type": "x.y", "n": 1e-20000}"#.to_owned(),
+            _ => custom_event("x.y"),
         };
         let headers = custom_headers(&format!("m{i}"), &body, now());
         let hookd = &hookd;
@@ -498,9 +503,9 @@ async fn one_unstorable_payload_in_a_batch_fails_alone(pool: PgPool) {
     }))
     .await;
     let refused: Vec<usize> = (0..40).filter(|&i| replies[i] != 200).collect();
-    assert_eq!(refused, [17]);
-    assert_eq!(replies[17], 400);
-    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 39);
+    assert_eq!(refused, [17, 29]);
+    assert_eq!((replies[17], replies[29]), (400, 400));
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 38);
     hookd.stop().await;
 }
 

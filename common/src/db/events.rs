@@ -135,15 +135,22 @@ pub async fn reclaim_keys(
     Ok(done.rows_affected())
 }
 
-/// True when PostgreSQL refused the payload itself (for example a `\u0000` escape, which jsonb
-/// cannot store): the sender's fault, not an outage.
+/// True when PostgreSQL refused the payload itself (a `\u0000` escape, or a number such as
+/// `1e-20000` that no numeric holds, both valid JSON jsonb cannot store): the sender's fault,
+/// not an outage.
 pub fn is_payload_rejected(err: &sqlx::Error) -> bool {
     const UNTRANSLATABLE_CHARACTER: &str = "22P05";
     const INVALID_TEXT_REPRESENTATION: &str = "22P02";
     const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     matches!(
         err.as_database_error().and_then(|e| e.code()).as_deref(),
-        Some(UNTRANSLATABLE_CHARACTER | INVALID_TEXT_REPRESENTATION | CHARACTER_NOT_IN_REPERTOIRE)
+        Some(
+            UNTRANSLATABLE_CHARACTER
+                | INVALID_TEXT_REPRESENTATION
+                | CHARACTER_NOT_IN_REPERTOIRE
+                | NUMERIC_VALUE_OUT_OF_RANGE
+        )
     ) || matches!(err, sqlx::Error::Decode(_))
 }
 
