@@ -253,9 +253,10 @@ async fn duplicate_keys_resolve_the_same_way_in_hookd_and_postgres(pool: PgPool)
     );
     let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT event_id, event_type,
-                COALESCE(payload->>'id', payload->'data'->>'id'),
-                COALESCE(payload->>'type', payload->'data'->>'event_type')
-         FROM events ORDER BY id",
+                COALESCE(p->>'id', p->'data'->>'id'),
+                COALESCE(p->>'type', p->'data'->>'event_type')
+         FROM events, LATERAL (SELECT convert_from(body, 'UTF8')::jsonb) AS parsed(p)
+         ORDER BY id",
     )
     .fetch_all(&pool)
     .await

@@ -106,12 +106,15 @@ async fn tables(pool: &PgPool) -> Tables {
 /// The batch's events as a worker holds them, in the order it applies them.
 async fn claimed(pool: &PgPool) -> Vec<ClaimedEvent> {
     let mut events: Vec<ClaimedEvent> = sqlx::query_as(
-        "SELECT id, source, event_id, event_type, attempts, payload, body, received_at
+        "SELECT id, source, event_id, event_type, attempts, body, received_at
          FROM events ORDER BY next_attempt_at, id",
     )
     .fetch_all(pool)
     .await
-    .unwrap();
+    .unwrap()
+    .into_iter()
+    .map(ClaimedEvent::parsed)
+    .collect();
     events.sort_by(|a, b| hookd::handlers::batch_order(a).cmp(&hookd::handlers::batch_order(b)));
     events
 }

@@ -317,6 +317,61 @@ async fn a_payload_missing_required_fields_dead_letters_at_once(pool: PgPool) {
     );
 }
 
+/// The queue and the days of processed events keep the signed bytes alone; a dead event also
+/// gets their parse, for the SQL that reads it (the runbook's `failed_webhooks.webhook_data`).
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn each_body_is_stored_once_and_parsed_where_sql_reads_it(pool: PgPool) {
+    let done = stripe_event("evt_ok", "charge.refunded", 1_700_000_000, json!({}));
+    let ok = store(&pool, Source::Stripe, "evt_ok", "charge.refunded", &done).await;
+    // Spacing and key order that jsonb does not keep: the body stays byte for byte.
+    let dying = r#"{"type": "invoice.payment_failed",   "id": "evt_bad", "data": {"object": {}}}"#;
+    let bad = store(
+        &pool,
+        Source::Stripe,
+        "evt_bad",
+        "invoice.payment_failed",
+        dying,
+    )
+    .await;
+    let stored = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (Vec<u8>, Option<serde_json::Value>)>(
+                "SELECT body, payload FROM events WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(stored(ok).await, (done.clone().into_bytes(), None));
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    assert_eq!(state_of(&pool, ok).await.0, "skipped");
+    assert_eq!(stored(ok).await, (done.clone().into_bytes(), None));
+    assert_eq!(state_of(&pool, bad).await.0, "dead");
+    let parsed: serde_json::Value = serde_json::from_str(dying).unwrap();
+    assert_eq!(
+        stored(bad).await,
+        (dying.as_bytes().to_vec(), Some(parsed.clone()))
+    );
+    let webhook_data: serde_json::Value =
+        sqlx::query_scalar("SELECT webhook_data FROM failed_webhooks WHERE id = $1")
+            .bind(bad)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(webhook_data, parsed);
+    // Readers of any state see the payload, parsed where it is not kept.
+    for (id, body) in [(ok, done.as_str()), (bad, dying)] {
+        let detail = events::get(&pool, id).await.unwrap().unwrap();
+        assert_eq!(
+            detail.payload,
+            serde_json::from_str::<serde_json::Value>(body).unwrap()
+        );
+    }
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn unhandled_types_are_skipped_and_counted(pool: PgPool) {
     let body = stripe_event("evt_s", "charge.refunded", 1_700_000_000, json!({}));

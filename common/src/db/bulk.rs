@@ -235,11 +235,11 @@ async fn insert_events(
              RETURNING source, event_id, id
          )
          INSERT INTO events (id, source, event_id, event_type, state, attempts, next_attempt_at,
-                             last_error, received_at, processed_at, dead_at, body, payload)
+                             last_error, received_at, processed_at, dead_at, body)
          OVERRIDING SYSTEM VALUE
          SELECT f.id, f.source, f.event_id, b.event_type, b.state, b.attempts,
                 b.next_attempt_at, b.last_error, b.received_at, b.processed_at, b.dead_at,
-                convert_to(b.body, 'UTF8'), b.body::jsonb
+                convert_to(b.body, 'UTF8')
          FROM fresh f JOIN batch b USING (source, event_id)
          RETURNING id, source, event_id",
     )

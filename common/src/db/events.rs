@@ -81,11 +81,13 @@ pub async fn insert_many<'e>(
                  WHERE event_keys.claimed_at <= now() - (SELECT dedup_window FROM retention_policy)
              RETURNING source, event_id, id
          )
-         INSERT INTO events (id, source, event_id, event_type, body, payload)
+         INSERT INTO events (id, source, event_id, event_type, body)
          OVERRIDING SYSTEM VALUE
-         SELECT f.id, f.source, f.event_id, b.event_type, convert_to(b.body, 'UTF8'),
-                b.body::jsonb
+         SELECT f.id, f.source, f.event_id, b.event_type, convert_to(b.body, 'UTF8')
          FROM fresh f JOIN batch b USING (source, event_id)
+         -- Not stored (see migration 0014), but a body jsonb refuses is refused here, before
+         -- its sender is answered, not when the event dies and its payload is parsed.
+         WHERE b.body::jsonb IS NOT NULL
          RETURNING id, source, event_id",
     )
     .bind(&sources)
@@ -166,12 +168,23 @@ pub struct ClaimedEvent {
     pub event_type: String,
     #[sqlx(rename = "attempts")]
     pub attempt: i32,
+    /// Parsed from `body` once claimed ([`ClaimedEvent::parsed`]); the queue stores the body
+    /// alone (see migration 0014).
+    #[sqlx(skip)]
     pub payload: serde_json::Value,
     pub body: Vec<u8>,
     pub received_at: DateTime<Utc>,
 }
 
 impl ClaimedEvent {
+    /// The event with its payload parsed. Ingest stored only bodies that parse; anything else
+    /// (a row written by hand) gets `null`, which its handler refuses as it would any payload
+    /// missing its fields, rather than failing the claim of the whole batch.
+    pub fn parsed(mut self) -> Self {
+        self.payload = serde_json::from_slice(&self.body).unwrap_or_default();
+        self
+    }
+
     pub fn source(&self) -> Source {
         self.source.0
     }
@@ -231,7 +244,7 @@ pub async fn claim_due(
              FROM due
              -- The state again, so only the live partition is planned and locked.
              WHERE e.id = due.id AND e.state IN ('pending', 'retrying', 'processing')
-             RETURNING e.id, e.source, e.event_id, e.event_type, e.attempts, e.payload, e.body,
+             RETURNING e.id, e.source, e.event_id, e.event_type, e.attempts, e.body,
                        e.received_at",
         )
         .bind(limit)
@@ -240,6 +253,7 @@ pub async fn claim_due(
         .fetch_all(pool)
     })
     .await
+    .map(|claimed: Vec<ClaimedEvent>| claimed.into_iter().map(ClaimedEvent::parsed).collect())
 }
 
 /// When the earliest scheduled event falls due, so an idle worker knows how long it may sleep.
@@ -482,12 +496,15 @@ pub struct Attempt {
     pub response_body: Option<String>,
 }
 
+/// An event's payload as readers see it: only dead events keep their parse (migration 0014).
+const PAYLOAD: &str = "coalesce(payload, convert_from(body, 'UTF8')::jsonb) AS payload";
+
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<EventDetail>> {
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "SELECT id, source, event_id, event_type, state, attempts, last_error, received_at,
-                processed_at, dead_at, payload
-         FROM events WHERE id = $1",
-    )
+                processed_at, dead_at, {PAYLOAD}
+         FROM events WHERE id = $1"
+    ))
     .bind(id)
     .fetch_optional(pool)
     .await
@@ -510,7 +527,7 @@ pub async fn find(pool: &PgPool, key: &str) -> sqlx::Result<Vec<EventDetail>> {
     // The keys table is indexed by (source, event_id) only; a loose index scan walks its few
     // distinct sources, then looks the id up under each, so no index is added to the insert
     // path for an operator's occasional lookup.
-    sqlx::query_as(
+    sqlx::query_as(&format!(
         "WITH RECURSIVE sources(source) AS (
              (SELECT source FROM event_keys ORDER BY source LIMIT 1)
              UNION ALL
@@ -519,16 +536,16 @@ pub async fn find(pool: &PgPool, key: &str) -> sqlx::Result<Vec<EventDetail>> {
              FROM sources s WHERE s.source IS NOT NULL
          ),
          ids AS (
-             SELECT id FROM events WHERE id = (CASE WHEN $1 ~ '^[0-9]{1,18}$' THEN $1::bigint END)
+             SELECT id FROM events WHERE id = (CASE WHEN $1 ~ '^[0-9]{{1,18}}$' THEN $1::bigint END)
              UNION
              SELECT k.id FROM sources s JOIN event_keys k
                  ON k.source = s.source AND k.event_id = $1
          )
          SELECT e.id, e.source, e.event_id, e.event_type, e.state, e.attempts, e.last_error,
-                e.received_at, e.processed_at, e.dead_at, e.payload
+                e.received_at, e.processed_at, e.dead_at, {PAYLOAD}
          FROM ids JOIN events e USING (id)
-         ORDER BY e.id",
-    )
+         ORDER BY e.id"
+    ))
     .bind(key)
     .fetch_all(pool)
     .await
