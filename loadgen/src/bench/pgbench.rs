@@ -162,8 +162,9 @@ async fn into_events(bench: &Bench) -> anyhow::Result<Run> {
 async fn pgbench(bench: &Bench, database: &str, table: &str, tag: &str) -> anyhow::Result<Run> {
     let o = &bench.options;
     // The key is unique and increasing (like loadgen's ids); the body is a bind parameter
-    // (-M prepared), parsed into jsonb on every insert, exactly as hookd's INSERT does. hookd's
-    // own table keeps its keys in event_keys, through a trigger, so it has no ON CONFLICT.
+    // (-M prepared), stored once and cast to jsonb on every insert, exactly as hookd's INSERT
+    // does (migration 0014). hookd's own table keeps its keys in event_keys, through a
+    // trigger, so it has no ON CONFLICT.
     let on_conflict = if table == "events" {
         ""
     } else {
@@ -173,9 +174,9 @@ async fn pgbench(bench: &Bench, database: &str, table: &str, tag: &str) -> anyho
     std::fs::write(
         &script,
         format!(
-            "INSERT INTO {table} (source, event_id, event_type, body, payload)\n\
-             VALUES ('custom', 'msg_pgb' || lpad(nextval('bench_key')::text, 12, '0'), 'order.created',\n\
-             convert_to(:body, 'UTF8'), :body::jsonb)\n{on_conflict}\nRETURNING id;\n"
+            "INSERT INTO {table} (source, event_id, event_type, body)\n\
+             SELECT 'custom', 'msg_pgb' || lpad(nextval('bench_key')::text, 12, '0'), 'order.created',\n\
+             convert_to(:body, 'UTF8')\nWHERE :body::jsonb IS NOT NULL\n{on_conflict}\nRETURNING id;\n"
         ),
     )?;
     let logs = bench.file(&format!("pgbench-{tag}-log"));
