@@ -506,6 +506,12 @@ async fn one_unstorable_payload_in_a_batch_fails_alone(pool: PgPool) {
     assert_eq!(refused, [17, 29]);
     assert_eq!((replies[17], replies[29]), (400, 400));
     assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 38);
+    // Ingest's statement claims the keys and counts what it stored itself.
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_keys").await, 38);
+    let totals = common::db::stats::totals(&pool, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(totals.received, 38);
     hookd.stop().await;
 }
 
