@@ -373,6 +373,45 @@ async fn each_body_is_stored_once_and_parsed_where_sql_reads_it(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_body_written_by_hand_that_is_not_json_dies_alone_and_is_kept_as_text(pool: PgPool) {
+    let fine = stripe_event("evt_fine", "charge.refunded", 1_700_000_000, json!({}));
+    let ok = store(&pool, Source::Stripe, "evt_fine", "charge.refunded", &fine).await;
+    // Ingest refuses such bodies; an INSERT by hand does not. Invalid UTF-8 too.
+    let hand: i64 = sqlx::query_scalar(
+        "INSERT INTO events (source, event_id, event_type, body)
+         VALUES ('stripe', 'evt_hand', 'invoice.payment_failed', '\\x6e6f74206a736f6eff'::bytea)
+         RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // Until it dies, readers see it as text rather than an error.
+    let detail = events::get(&pool, hand).await.unwrap().unwrap();
+    assert_eq!(detail.payload, json!("not json\\377"));
+
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    assert_eq!(state_of(&pool, ok).await.0, "skipped");
+    assert_eq!(state_of(&pool, hand).await.0, "dead");
+    let (payload, webhook_data): (serde_json::Value, serde_json::Value) = sqlx::query_as(
+        "SELECT e.payload, f.webhook_data FROM events e JOIN failed_webhooks f USING (id)
+         WHERE e.id = $1",
+    )
+    .bind(hand)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (payload.clone(), webhook_data),
+        (json!("not json\\377"), payload)
+    );
+    // Both ways in are counted once: ingest's statement and the trigger on `events`.
+    let totals = common::db::stats::totals(&pool, chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!((totals.received, totals.skipped, totals.dead), (2, 1, 1));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn unhandled_types_are_skipped_and_counted(pool: PgPool) {
     let body = stripe_event("evt_s", "charge.refunded", 1_700_000_000, json!({}));
     let id = store(&pool, Source::Stripe, "evt_s", "charge.refunded", &body).await;

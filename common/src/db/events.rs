@@ -94,17 +94,12 @@ pub async fn insert_many<'e>(
              WHERE b.body::jsonb IS NOT NULL
              RETURNING id, source, event_id, event_type, received_at
          ), counted AS (
-             -- As hookd_count_received counts (migration 0003).
-             INSERT INTO stats_minute (bucket, source, event_type, shard, received)
-             SELECT date_trunc('minute', received_at), source, event_type,
-                    hookd_counter_shard(), count(*)
+             -- What the statement trigger would have counted (see migration 0015).
+             SELECT hookd_add_received(array_agg(received_at), array_agg(source),
+                                       array_agg(event_type))
              FROM stored
-             GROUP BY 1, 2, 3
-             ORDER BY 1, 2, 3
-             ON CONFLICT (bucket, source, event_type, shard)
-             DO UPDATE SET received = stats_minute.received + EXCLUDED.received
          )
-         SELECT id, source, event_id FROM stored",
+         SELECT id, source, event_id FROM stored, counted",
     )
     .bind(&sources)
     .bind(&ids)
@@ -194,10 +189,13 @@ pub struct ClaimedEvent {
 
 impl ClaimedEvent {
     /// The event with its payload parsed. Ingest stored only bodies that parse; anything else
-    /// (a row written by hand) gets `null`, which its handler refuses as it would any payload
-    /// missing its fields, rather than failing the claim of the whole batch.
+    /// (a row written by hand) gets its body as a JSON string, which its handler refuses as
+    /// it would any payload missing its fields, rather than failing the claim of the whole
+    /// batch; if it dies, the dead-letter queue keeps it as a string too (migration 0015).
     pub fn parsed(mut self) -> Self {
-        self.payload = serde_json::from_slice(&self.body).unwrap_or_default();
+        self.payload = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+        });
         self
     }
 
@@ -513,7 +511,7 @@ pub struct Attempt {
 }
 
 /// An event's payload as readers see it: only dead events keep their parse (migration 0014).
-const PAYLOAD: &str = "coalesce(payload, convert_from(body, 'UTF8')::jsonb) AS payload";
+const PAYLOAD: &str = "coalesce(payload, hookd_body_json(body)) AS payload";
 
 pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<EventDetail>> {
     sqlx::query_as(&format!(
