@@ -44,8 +44,11 @@ pub async fn load(load: Load, stop: CancellationToken) -> anyhow::Result<run::Re
     let generator = generator(&load.secrets, &load.mix, load.businesses, pool.as_ref()).await?;
     let ids = generator.ids.clone();
     let plan = run::Plan {
-        addr,
-        host,
+        target: run::Target::Hookd {
+            addr,
+            host,
+            generator,
+        },
         connections: load.connections,
         duration: load.duration,
         requests: load.requests,
@@ -54,7 +57,7 @@ pub async fn load(load: Load, stop: CancellationToken) -> anyhow::Result<run::Re
         timeout: load.timeout,
         mix: load.mix,
     };
-    let mut report = run::run(plan, generator, stop).await?;
+    let mut report = run::run(plan, stop).await?;
     if let (Some(pool), true) = (&pool, load.check) {
         report.found = db::count_stored(pool, &ids, &report.acked_ids).await?;
         report.missing = report.acked.saturating_sub(report.found);

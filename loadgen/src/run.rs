@@ -1,6 +1,8 @@
 //! `loadgen run`: N tasks, each owning one keep-alive HTTP/1.1 connection, send signed
 //! webhooks for a duration or a count, closed loop (as fast as answers come back) or open loop
-//! at a fixed rate.
+//! at a fixed rate. The benchmark also points the same tasks and schedule at PostgreSQL itself
+//! (one connection each, one INSERT per request), so both sides of a comparison are timed by
+//! the same generator.
 //!
 //! Open loop: request i is scheduled at `start + i / rate` whatever happened before it, and its
 //! latency runs from that scheduled time, so a stall shows up as the latency of every request
@@ -27,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::payload::Generator;
 
 pub struct Plan {
-    pub addr: SocketAddr,
-    pub host: String,
+    pub target: Target,
     pub connections: usize,
     pub duration: Option<Duration>,
     pub requests: Option<u64>,
@@ -36,6 +37,28 @@ pub struct Plan {
     pub warmup: Duration,
     pub timeout: Duration,
     pub mix: Vec<Source>,
+}
+
+/// Where the requests go.
+pub enum Target {
+    /// hookd, over HTTP: `addr` to connect to, `host` for the Host header.
+    Hookd {
+        addr: SocketAddr,
+        host: String,
+        generator: Generator,
+    },
+    /// PostgreSQL: `statement`, prepared, run with `body` as its one parameter.
+    Postgres {
+        options: Box<sqlx::postgres::PgConnectOptions>,
+        statement: String,
+        body: String,
+    },
+}
+
+/// One task's connection to the target.
+enum Conn {
+    Http(Sender),
+    Pg(sqlx::PgConnection),
 }
 
 /// What one task saw.
@@ -99,14 +122,32 @@ pub struct Report {
 
 type Sender = SendRequest<Full<Bytes>>;
 
-async fn connect(plan: &Plan) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(plan.addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+async fn connect(plan: &Plan) -> anyhow::Result<Conn> {
+    match &plan.target {
+        Target::Hookd { addr, .. } => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Conn::Http(sender))
+        }
+        Target::Postgres { options, .. } => {
+            use sqlx::Connection as _;
+            Ok(Conn::Pg(sqlx::PgConnection::connect_with(options).await?))
+        }
+    }
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Http(sender) => sender.is_closed(),
+            Conn::Pg(_) => false,
+        }
+    }
 }
 
 enum Outcome {
@@ -114,28 +155,63 @@ enum Outcome {
     Failed(&'static str),
 }
 
-async fn send_one(
-    plan: &Plan,
-    sender: &mut Option<Sender>,
-    generator: &Generator,
-    source: Source,
-    i: u64,
-) -> Outcome {
-    if sender.as_ref().is_none_or(|s| s.is_closed()) {
-        *sender = match tokio::time::timeout(plan.timeout, connect(plan)).await {
-            Ok(Ok(s)) => Some(s),
+async fn send_one(plan: &Plan, conn: &mut Option<Conn>, source: Source, i: u64) -> Outcome {
+    if conn.as_ref().is_none_or(Conn::is_closed) {
+        *conn = match tokio::time::timeout(plan.timeout, connect(plan)).await {
+            Ok(Ok(c)) => Some(c),
             Ok(Err(_)) => return Outcome::Failed("connect"),
             Err(_) => return Outcome::Failed("connect_timeout"),
         };
     }
-    let conn = sender.as_mut().expect("connected");
+    let outcome = match (&plan.target, conn.as_mut().expect("connected")) {
+        (
+            Target::Hookd {
+                host, generator, ..
+            },
+            Conn::Http(sender),
+        ) => post(plan, sender, host, generator, source, i).await,
+        (
+            Target::Postgres {
+                statement, body, ..
+            },
+            Conn::Pg(pg),
+        ) => insert(plan, pg, statement, body).await,
+        _ => unreachable!("a task's connection is to its plan's target"),
+    };
+    if matches!(outcome, Outcome::Failed(_)) {
+        // The answer may still come on this connection, or it is gone: start a fresh one.
+        *conn = None;
+    }
+    outcome
+}
+
+/// One INSERT: stored (200), or already there (a duplicate, as hookd would answer it).
+async fn insert(plan: &Plan, pg: &mut sqlx::PgConnection, statement: &str, body: &str) -> Outcome {
+    let stored = sqlx::query(statement).bind(body).fetch_optional(pg);
+    match tokio::time::timeout(plan.timeout, stored).await {
+        Ok(Ok(row)) => Outcome::Answer {
+            status: 200,
+            duplicate: row.is_none(),
+        },
+        Ok(Err(_)) => Outcome::Failed("database"),
+        Err(_) => Outcome::Failed("timeout"),
+    }
+}
+
+async fn post(
+    plan: &Plan,
+    conn: &mut Sender,
+    host: &str,
+    generator: &Generator,
+    source: Source,
+    i: u64,
+) -> Outcome {
     if conn.ready().await.is_err() {
-        *sender = None;
         return Outcome::Failed("connection_closed");
     }
     let signed = generator.request(source, i, chrono::Utc::now().timestamp());
     let mut request = hyper::Request::post(signed.path.as_str())
-        .header(hyper::header::HOST, plan.host.as_str())
+        .header(hyper::header::HOST, host)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, "hookd-loadgen");
     for (name, value) in &signed.headers {
@@ -157,15 +233,8 @@ async fn send_one(
             duplicate: (200..300).contains(&status)
                 && body.windows(16).any(|w| w == b"\"duplicate\":true"),
         },
-        Ok(Err(_)) => {
-            *sender = None;
-            Outcome::Failed("io")
-        }
-        Err(_) => {
-            // The answer may still come on this connection; start a fresh one.
-            *sender = None;
-            Outcome::Failed("timeout")
-        }
+        Ok(Err(_)) => Outcome::Failed("io"),
+        Err(_) => Outcome::Failed("timeout"),
     }
 }
 
@@ -176,7 +245,6 @@ fn new_hist() -> Histogram<u64> {
 
 async fn task(
     plan: Arc<Plan>,
-    generator: Arc<Generator>,
     next: Arc<AtomicU64>,
     start: Instant,
     stop: CancellationToken,
@@ -194,10 +262,10 @@ async fn task(
     };
     let end = plan.duration.map(|d| start + d);
     let measure_from = start + plan.warmup;
-    let mut sender: Option<Sender> = None;
+    let mut conn: Option<Conn> = None;
     // Every task starts together, with its connection already open.
-    if let Ok(Ok(s)) = tokio::time::timeout(plan.timeout, connect(&plan)).await {
-        sender = Some(s);
+    if let Ok(Ok(c)) = tokio::time::timeout(plan.timeout, connect(&plan)).await {
+        conn = Some(c);
     }
     tokio::time::sleep_until(start).await;
     loop {
@@ -230,7 +298,7 @@ async fn task(
             }
         }
         let source = plan.mix[(i % plan.mix.len() as u64) as usize];
-        let outcome = send_one(&plan, &mut sender, &generator, source, i).await;
+        let outcome = send_one(&plan, &mut conn, source, i).await;
         let done = Instant::now();
         result.sent += 1;
         let measured = scheduled >= measure_from;
@@ -263,38 +331,26 @@ async fn task(
     result
 }
 
-pub async fn run(
-    plan: Plan,
-    generator: Generator,
-    stop: CancellationToken,
-) -> anyhow::Result<Report> {
+pub async fn run(plan: Plan, stop: CancellationToken) -> anyhow::Result<Report> {
     if plan.connections == 0 {
         bail!("--connections must be at least 1");
     }
     if plan.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be above 0");
     }
-    // Fail early and clearly when hookd is not there.
-    connect(&plan)
-        .await
-        .with_context(|| format!("cannot connect to hookd at {}", plan.addr))?;
+    // Fail early and clearly when the target is not there.
+    connect(&plan).await.with_context(|| match &plan.target {
+        Target::Hookd { addr, .. } => format!("cannot connect to hookd at {addr}"),
+        Target::Postgres { .. } => "cannot connect to PostgreSQL".to_owned(),
+    })?;
 
     let cpu_before = cpu_secs();
     let plan = Arc::new(plan);
-    let generator = Arc::new(generator);
     let next = Arc::new(AtomicU64::new(0));
     // Time for every task to connect before the clock starts.
     let start = Instant::now() + Duration::from_millis(200);
     let tasks: Vec<_> = (0..plan.connections)
-        .map(|_| {
-            tokio::spawn(task(
-                plan.clone(),
-                generator.clone(),
-                next.clone(),
-                start,
-                stop.clone(),
-            ))
-        })
+        .map(|_| tokio::spawn(task(plan.clone(), next.clone(), start, stop.clone())))
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for t in tasks {

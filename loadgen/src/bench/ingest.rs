@@ -1,7 +1,8 @@
 //! Stage 2: hookd under load. Closed loop with the workers on (as in production), then open
-//! loop at half that rate, then closed loop against a receive-only hookd (`HOOKD_WORKERS=0`),
-//! which only verifies and stores, as pgbench only inserts. Each run gets a fresh database and
-//! a fresh hookd, so no run inherits the previous one's backlog. The refresh stage also runs
+//! loop at half that rate; closed loop against a receive-only hookd (`HOOKD_WORKERS=0`),
+//! which only verifies and stores, as pgbench only inserts; then open loop at half of
+//! pgbench's rate, the baseline's INSERT and hookd sent by the same generator. Each run gets a
+//! fresh database and a fresh hookd, so no run inherits the previous one's backlog. The refresh stage also runs
 //! the receive-only runs on its history (`receive_on_history`), each from an emptied queue.
 
 use std::collections::BTreeMap;
@@ -38,6 +39,9 @@ struct Measured {
 enum Kind {
     Full,
     Half,
+    /// At half of pgbench's rate, with the workers on and without.
+    Open,
+    OpenReceiveOnly,
     ReceiveOnly,
     /// Receive-only on top of the refresh stage's history.
     ReceiveOnHistory,
@@ -48,6 +52,8 @@ impl Kind {
         match self {
             Kind::Full => "ingest",
             Kind::Half => "half",
+            Kind::Open => "open",
+            Kind::OpenReceiveOnly => "open-receive",
             Kind::ReceiveOnly => "receive",
             Kind::ReceiveOnHistory => "receive-history",
         }
@@ -109,6 +115,9 @@ pub async fn stages(
         let runs = runs(bench, baseline, Kind::ReceiveOnly, None, None).await?;
         summary.receive = closed(&runs);
     }
+    if o.runs_stage(Stage::Open) {
+        open(bench, baseline, summary).await?;
+    }
     bench.pg.drop_database(DATABASE).await
 }
 
@@ -129,6 +138,69 @@ pub async fn receive_on_history(
     )
     .await?;
     Ok(closed(&runs))
+}
+
+/// Each run: a baseline run for the rate, the baseline's INSERT at half of it, then hookd at
+/// the same rate with its workers on (as in production) and receive-only. The same tasks and
+/// schedule send all three, so each latency is measured the same way, from the schedule.
+async fn open(bench: &Bench, baseline: &mut Baseline, summary: &mut Summary) -> anyhow::Result<()> {
+    heading(&format!(
+        "2f. open loop at half of pgbench's rate, one generator for the INSERT and for hookd: \
+         {} connections",
+        bench.options.concurrency
+    ));
+    let (mut rates, mut insert, mut full, mut receive) = (vec![], vec![], vec![], vec![]);
+    for r in 1..=bench.options.runs {
+        let tps = baseline
+            .once(bench, &format!("for open-loop run {r}"))
+            .await?
+            .context("the open stage needs the pgbench stage")?;
+        let rate = tps / 2.0;
+        let pg = baseline.open_loop(bench, rate).await?;
+        eprintln!("  run {r}, the INSERT at {rate:.0}/s: {}", describe(&pg));
+        std::fs::write(
+            bench.file(&format!("open-insert-{r}.json")),
+            serde_json::to_string(&pg)?,
+        )?;
+        rates.push(rate);
+        insert.push(pg);
+        full.push(one(bench, Kind::Open, r, Some(rate), None).await?);
+        receive.push(one(bench, Kind::OpenReceiveOnly, r, Some(rate), None).await?);
+    }
+    fn p99<'a>(reports: impl Iterator<Item = &'a Report>) -> Option<f64> {
+        median(&reports.map(|r| r.p99_ms).collect::<Vec<_>>())
+    }
+    let ratio = |hookd: &[Measured]| {
+        median(
+            &hookd
+                .iter()
+                .zip(&insert)
+                .map(|(h, pg)| h.report.p99_ms / pg.p99_ms)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let o = &mut summary.open;
+    o.target_rate = median(&rates);
+    o.insert_p99_ms = p99(insert.iter());
+    o.hookd_p99_ms = p99(full.iter().map(|r| &r.report));
+    o.receive_p99_ms = p99(receive.iter().map(|r| &r.report));
+    o.hookd_rate = median(&full.iter().map(|r| r.report.throughput).collect::<Vec<_>>());
+    o.ratio = ratio(&full);
+    o.receive_ratio = ratio(&receive);
+    let all = || {
+        insert
+            .iter()
+            .chain(full.iter().chain(&receive).map(|r| &r.report))
+    };
+    o.missing = Some(all().map(|r| r.missing).sum());
+    o.non_2xx_and_errors = Some(all().map(|r| r.non_2xx + r.errors).sum());
+    eprintln!(
+        "  median p99: hookd {:.2} ms, receive-only {:.2} ms, the INSERT {:.2} ms",
+        o.hookd_p99_ms.unwrap_or(0.0),
+        o.receive_p99_ms.unwrap_or(0.0),
+        o.insert_p99_ms.unwrap_or(0.0)
+    );
+    Ok(())
 }
 
 fn closed(runs: &[Measured]) -> Closed {
@@ -205,7 +277,10 @@ async fn one(
     }
     bench.pg.checkpoint().await?;
     let since = pg::now(&pool).await?;
-    let workers: &[(&str, &str)] = if matches!(kind, Kind::ReceiveOnly | Kind::ReceiveOnHistory) {
+    let workers: &[(&str, &str)] = if matches!(
+        kind,
+        Kind::ReceiveOnly | Kind::OpenReceiveOnly | Kind::ReceiveOnHistory
+    ) {
         &[("HOOKD_WORKERS", "0")]
     } else {
         &[]

@@ -63,7 +63,8 @@ pub struct Args {
     /// Source mix of the drain backlog.
     #[arg(long, default_value = "telnyx=1,custom=1")]
     drain_mix: String,
-    /// Stages to run: pgbench,ingest,half,receive,wrk,e2e,drain,refresh,purge (default all).
+    /// Stages to run: pgbench,ingest,half,open,receive,wrk,e2e,drain,refresh,purge (default
+    /// all).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Stage>,
     /// Also load pg_stat_statements and sample hookd's wait events during ingest (small
@@ -87,6 +88,9 @@ pub enum Stage {
     Pgbench,
     Ingest,
     Half,
+    /// hookd and the baseline's INSERT at half of pgbench's rate, timed by one open-loop
+    /// generator.
+    Open,
     Receive,
     /// Receive-only hookd under wrk, replaying requests signed before the run.
     Wrk,
@@ -157,6 +161,9 @@ impl Options {
         }
         if options.runs_stage(Stage::Half) && !options.runs_stage(Stage::Ingest) {
             bail!("--only half needs the ingest stage too (its rate is half of ingest's)");
+        }
+        if options.runs_stage(Stage::Open) && !options.runs_stage(Stage::Pgbench) {
+            bail!("--only open needs the pgbench stage too (its rate is half of pgbench's)");
         }
         Ok(options)
     }

@@ -7,8 +7,11 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
+use common::db::schema;
+
 use super::summary::{Summary, median};
 use super::{Bench, Stage, heading, pg};
+use crate::run;
 
 const DATABASE: &str = "bench_pgbench";
 
@@ -96,6 +99,40 @@ impl Baseline {
         Ok(Some(run.tps))
     }
 
+    /// The baseline's INSERT at `rate`, open loop, sent by the same tasks and schedule that
+    /// loadgen sends hookd's requests with (pgbench's own `--rate` would time it differently).
+    pub async fn open_loop(&self, bench: &Bench, rate: f64) -> anyhow::Result<run::Report> {
+        let o = &bench.options;
+        let pool = bench.pg.pool(DATABASE, 1).await?;
+        pg::exec(&pool, "TRUNCATE bench_events").await?;
+        pool.close().await;
+        bench.pg.checkpoint().await?;
+        let options = bench
+            .pg
+            .url(DATABASE)
+            .parse()
+            .context("the cluster's URL")?;
+        let plan = run::Plan {
+            target: run::Target::Postgres {
+                options: Box::new(schema::connect_options(options, &schema::Schema::default())),
+                statement: insert(
+                    "bench_events",
+                    "$1::text",
+                    "ON CONFLICT (source, event_id) DO NOTHING",
+                ),
+                body: BODY.to_owned(),
+            },
+            connections: o.concurrency,
+            duration: Some(o.duration + o.warmup),
+            requests: None,
+            rate: Some(rate),
+            warmup: o.warmup,
+            timeout: std::time::Duration::from_secs(10),
+            mix: vec![common::Source::Custom],
+        };
+        run::run(plan, tokio_util::sync::CancellationToken::new()).await
+    }
+
     /// `--runs` runs of `one`, each just after a baseline run: the runs, and each one's
     /// `rate` over its baseline's.
     pub async fn paired<T>(
@@ -157,6 +194,15 @@ async fn into_events(bench: &Bench) -> anyhow::Result<Run> {
     Ok(run)
 }
 
+/// The baseline's statement into `table`, with `body` standing for the body parameter.
+fn insert(table: &str, body: &str, on_conflict: &str) -> String {
+    format!(
+        "INSERT INTO {table} (source, event_id, event_type, body)\n\
+         SELECT 'custom', 'msg_pgb' || lpad(nextval('bench_key')::text, 12, '0'), 'order.created',\n\
+         convert_to({body}, 'UTF8')\nWHERE {body}::jsonb IS NOT NULL\n{on_conflict}\nRETURNING id"
+    )
+}
+
 /// One pgbench run into `table`: throughput, and latency percentiles from its per-transaction
 /// log (warm-up included).
 async fn pgbench(bench: &Bench, database: &str, table: &str, tag: &str) -> anyhow::Result<Run> {
@@ -173,11 +219,7 @@ async fn pgbench(bench: &Bench, database: &str, table: &str, tag: &str) -> anyho
     let script = bench.file(&format!("pgbench-{tag}.sql"));
     std::fs::write(
         &script,
-        format!(
-            "INSERT INTO {table} (source, event_id, event_type, body)\n\
-             SELECT 'custom', 'msg_pgb' || lpad(nextval('bench_key')::text, 12, '0'), 'order.created',\n\
-             convert_to(:body, 'UTF8')\nWHERE :body::jsonb IS NOT NULL\n{on_conflict}\nRETURNING id;\n"
-        ),
+        format!("{};\n", insert(table, ":body", on_conflict)),
     )?;
     let logs = bench.file(&format!("pgbench-{tag}-log"));
     let _ = std::fs::remove_dir_all(&logs);

@@ -16,6 +16,7 @@ pub struct Summary {
     pub pgbench: Pgbench,
     pub ingest: Closed,
     pub half: Open,
+    pub open: AtHalfBaseline,
     pub receive: Closed,
     /// Receive-only, under wrk replaying pre-signed requests.
     pub wrk: Closed,
@@ -72,6 +73,23 @@ pub struct Open {
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
     pub send_lag_p99_ms: Option<f64>,
+    pub missing: Option<u64>,
+    pub non_2xx_and_errors: Option<u64>,
+}
+
+/// hookd and the baseline's INSERT at half of pgbench's closed-loop rate, both sent by the
+/// same open-loop generator.
+#[derive(Debug, Default, Serialize)]
+pub struct AtHalfBaseline {
+    pub target_rate: Option<f64>,
+    pub insert_p99_ms: Option<f64>,
+    /// Workers on, as in production.
+    pub hookd_p99_ms: Option<f64>,
+    pub hookd_rate: Option<f64>,
+    pub receive_p99_ms: Option<f64>,
+    /// hookd's p99 over the INSERT's in the same run, median of runs.
+    pub ratio: Option<f64>,
+    pub receive_ratio: Option<f64>,
     pub missing: Option<u64>,
     pub non_2xx_and_errors: Option<u64>,
 }
@@ -260,6 +278,19 @@ impl Summary {
             num(h.send_lag_p99_ms, 1),
             num(h.rate, 1),
             verdict(h.p99_ms, |v| v <= 20.0)
+        )?;
+        let a = &self.open;
+        writeln!(
+            t,
+            "| hookd at half of pgbench's rate ({} req/s), open loop; one generator sends hookd's requests and the INSERT | p99 **{} ms** = **{} x** the INSERT's {} ms at {} acks/s (receive-only: {} ms = {} x) | <= 1.5 x | {} |",
+            num(a.target_rate, 0),
+            num(a.hookd_p99_ms, 2),
+            num(a.ratio, 2),
+            num(a.insert_p99_ms, 2),
+            num(a.hookd_rate, 1),
+            num(a.receive_p99_ms, 2),
+            num(a.receive_ratio, 2),
+            verdict(a.ratio, |v| v <= 1.5)
         )?;
         let w = &self.wrk;
         for (client, c) in [
