@@ -89,6 +89,8 @@ pub struct Config {
     pub body_limit: usize,
     pub workers: usize,
     pub batch_size: i64,
+    /// How long a new event may wait for others to share its batch (0: claim at once).
+    pub batch_wait: Duration,
     pub lease: Duration,
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
@@ -421,6 +423,13 @@ impl Config {
             body_limit: sources.positive("HOOKD_BODY_LIMIT", 1024 * 1024)?,
             workers,
             batch_size: sources.positive("HOOKD_BATCH_SIZE", 100)?,
+            batch_wait: sources
+                .parsed(
+                    "HOOKD_BATCH_WAIT_MS",
+                    50,
+                    "a whole number of milliseconds (0: claim at once)",
+                )
+                .map(Duration::from_millis)?,
             lease: Duration::from_secs(sources.positive("HOOKD_LEASE_SECS", 60)?),
             poll_interval: sources.millis("HOOKD_POLL_INTERVAL_MS", 5_000)?,
             shutdown_timeout: Duration::from_secs(
@@ -510,6 +519,18 @@ mod tests {
         assert_eq!(config.retry_base, Duration::from_secs(1));
         assert_eq!(config.body_limit, 1 << 20);
         assert!(config.providers.get(Source::Stripe).is_none() && config.forward_urls.is_empty());
+        assert_eq!(config.batch_wait, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_batch_wait_may_be_zero_but_not_negative() {
+        let config = Config::load(&sources(&[DB, ("HOOKD_BATCH_WAIT_MS", "0")])).unwrap();
+        assert_eq!(config.batch_wait, Duration::ZERO);
+        let err = Config::load(&sources(&[DB, ("HOOKD_BATCH_WAIT_MS", "-5")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "HOOKD_BATCH_WAIT_MS is invalid: expected a whole number of milliseconds (0: claim at once), got \"-5\""
+        );
     }
 
     #[test]

@@ -75,18 +75,22 @@ async fn gather(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        if write(&pool, &reachability, jobs).await {
-            announcer.new_events();
+        let stored = write(&pool, &reachability, jobs).await;
+        if stored > 0 {
+            announcer.new_events(stored);
         }
     }
 }
 
-/// Stores the batch and answers each request. Returns whether anything new was stored.
-async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> bool {
+/// Stores the batch and answers each request. Returns how many new events were stored.
+async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> u64 {
     let (events, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.event, j.reply)).unzip();
     match reachability.guard(events::insert_many(pool, &events)).await {
         Ok(results) => {
-            let stored = results.iter().any(|r| matches!(r, Inserted::New(_)));
+            let stored = results
+                .iter()
+                .filter(|r| matches!(r, Inserted::New(_)))
+                .count() as u64;
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }
@@ -95,10 +99,10 @@ async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> bo
         // One payload PostgreSQL refuses fails the whole statement: store the others one by
         // one, so only the bad one is refused.
         Err(e) if events::is_payload_rejected(&e) && events.len() > 1 => {
-            let mut stored = false;
+            let mut stored = 0;
             for (reply, event) in replies.into_iter().zip(&events) {
                 let result = events::insert(pool, event).await;
-                stored |= matches!(result, Ok(Inserted::New(_)));
+                stored += u64::from(matches!(result, Ok(Inserted::New(_))));
                 let _ = reply.send(result);
             }
             stored
@@ -113,7 +117,7 @@ async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> bo
             for reply in replies {
                 let _ = reply.send(Err(sqlx::Error::Protocol(message.clone())));
             }
-            false
+            0
         }
     }
 }

@@ -233,6 +233,7 @@ pub fn worker(
                 cap: config.retry_max,
             },
             batch_size: config.batch_size,
+            batch_wait: config.batch_wait,
             lease: config.lease,
             poll_interval: config.poll_interval,
             forward_timeout: config.forward_timeout,

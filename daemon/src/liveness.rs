@@ -95,7 +95,7 @@ pub async fn run(pool: PgPool, owner: Owner, announcer: Arc<Announcer>, until: C
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => {
                 tracing::info!(events = ids.len(), "returned the claims of dead processes");
-                announcer.new_events();
+                announcer.new_events(ids.len() as u64);
             }
             Err(e) => tracing::warn!(error = %e, "cannot look for dead processes' claims"),
         }

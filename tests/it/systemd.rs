@@ -284,6 +284,7 @@ fn example_settings_files_state_hookds_real_defaults() {
         "HOOKD_RETRY_MAX_MS",
         "HOOKD_WORKERS",
         "HOOKD_BATCH_SIZE",
+        "HOOKD_BATCH_WAIT_MS",
         "HOOKD_LEASE_SECS",
         "HOOKD_POLL_INTERVAL_MS",
         "HOOKD_SHUTDOWN_TIMEOUT_SECS",

@@ -34,6 +34,8 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub struct WorkerConfig {
     pub policy: RetryPolicy,
     pub batch_size: i64,
+    /// How long an announced event may wait for others to fill its batch.
+    pub batch_wait: Duration,
     pub lease: Duration,
     pub poll_interval: Duration,
     pub forward_timeout: Duration,
@@ -378,10 +380,13 @@ impl Worker {
     }
 
     /// Processes until `shutdown`, sleeping between batches until woken (new work announced),
-    /// the next scheduled retry, or the poll interval, whichever comes first. Each batch that
-    /// commits is announced.
+    /// the next scheduled retry, or the poll interval, whichever comes first; woken by new
+    /// events, until a batch's worth of them is waiting or the first has waited
+    /// `batch_wait`. Each batch that commits is announced.
     pub async fn run(self, announcer: Arc<Announcer>, shutdown: CancellationToken) {
         let wake = announcer.workers();
+        let batch = self.config.batch_size.unsigned_abs();
+        let mut taken = 0;
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             // Registered before the batch, so a wake-up during it is not lost.
@@ -389,8 +394,11 @@ impl Worker {
             tokio::pin!(woken);
             woken.as_mut().enable();
             let processed = self.process_batch().await;
-            if matches!(processed, Ok(n) if n > 0) {
-                announcer.progress();
+            if let Ok(n) = processed {
+                announcer.claimed(n as u64, std::mem::take(&mut taken));
+                if n > 0 {
+                    announcer.progress();
+                }
             }
             let pause = match processed {
                 Ok(n) if n as i64 >= self.config.batch_size => continue,
@@ -404,6 +412,23 @@ impl Worker {
                 () = &mut woken => {}
                 () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => {}
+            }
+            loop {
+                let more = wake.notified();
+                tokio::pin!(more);
+                more.as_mut().enable();
+                let deadline = match announcer.claim_after(batch, self.config.batch_wait) {
+                    Ok(reserved) => {
+                        taken = reserved;
+                        break;
+                    }
+                    Err(deadline) => deadline,
+                };
+                tokio::select! {
+                    () = more => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = shutdown.cancelled() => break,
+                }
             }
         }
     }
