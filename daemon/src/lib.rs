@@ -181,6 +181,25 @@ async fn maintain(pool: PgPool, shutdown: CancellationToken) {
     }
 }
 
+/// Keeps the queue's partition clear of the rows settled events left behind (see
+/// [`common::db::events::vacuum_queue`]), looking once a second.
+async fn vacuum_queue(pool: PgPool, shutdown: CancellationToken) {
+    const MIN_DEAD: i64 = 5_000;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match common::db::events::vacuum_queue(&pool, MIN_DEAD).await {
+            Ok(Some(dead)) => tracing::debug!(dead, "vacuumed the queue"),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot vacuum the queue; autovacuum will"),
+        }
+    }
+}
+
 /// Folds the dead-letter tally (migration 0013) every few seconds, so however fast events die
 /// in an incident, what hooktop and the previews sum stays a few seconds of deaths.
 async fn fold_dead_tally(pool: PgPool, shutdown: CancellationToken) {
@@ -298,6 +317,9 @@ pub async fn run_with_pool(
         tasks.spawn(worker.clone().run(announcer.clone(), shutdown.clone()));
     }
     tokio::spawn(maintain(pool.clone(), shutdown.clone()));
+    if config.workers > 0 {
+        tokio::spawn(vacuum_queue(pool.clone(), shutdown.clone()));
+    }
     tokio::spawn(fold_dead_tally(pool.clone(), shutdown.clone()));
     // Before the first request: ingest claims keys with the dedup window the database holds.
     if let Err(e) = common::db::retention::store_policy(&pool, &config.retention.policy).await {

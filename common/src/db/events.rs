@@ -270,6 +270,30 @@ pub async fn claim_due(
     .map(|claimed: Vec<ClaimedEvent>| claimed.into_iter().map(ClaimedEvent::parsed).collect())
 }
 
+/// Vacuums the queue's partition once it holds `min_dead` dead rows; returns how many it
+/// held, if it vacuumed. Every event the workers settle leaves one there (a state change moves
+/// the row to another partition), and every claim walks the index of due rows from the start,
+/// where those dead rows' entries are, until a vacuum removes them. Autovacuum looks at a
+/// database once a minute at most: at a few thousand events a second, each claim then walks
+/// hundreds of thousands of them, and the claims starve ingest. The queue itself stays small,
+/// so this vacuum takes milliseconds; one already running elsewhere is not waited for.
+pub async fn vacuum_queue(pool: &PgPool, min_dead: i64) -> sqlx::Result<Option<i64>> {
+    let dead: i64 = sqlx::query_scalar(
+        "SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables
+         WHERE relid = 'events_live'::regclass",
+    )
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(0);
+    if dead < min_dead {
+        return Ok(None);
+    }
+    sqlx::query("VACUUM (SKIP_LOCKED) events_live")
+        .execute(pool)
+        .await?;
+    Ok(Some(dead))
+}
+
 /// When the earliest scheduled event falls due, so an idle worker knows how long it may sleep.
 pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
