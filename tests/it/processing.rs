@@ -857,3 +857,51 @@ async fn a_batch_locks_businesses_in_key_order_so_batches_cannot_deadlock(pool: 
         2
     );
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_queue_is_vacuumed_of_what_settled_events_left_once_there_is_enough(pool: PgPool) {
+    const SETTLED: i64 = 40;
+    for i in 0..SETTLED {
+        let id = format!("evt_settled_{i}");
+        let body = stripe_event(&id, "charge.refunded", 1_700_000_000, json!({}));
+        store(&pool, Source::Stripe, &id, "charge.refunded", &body).await;
+    }
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    let waiting = stripe_event("evt_waiting", "charge.refunded", 0, json!({}));
+    let waiting = store(
+        &pool,
+        Source::Stripe,
+        "evt_waiting",
+        "charge.refunded",
+        &waiting,
+    )
+    .await;
+
+    assert_eq!(
+        events::vacuum_queue(&pool, i64::MAX).await.unwrap(),
+        None,
+        "below the threshold nothing runs"
+    );
+    // Each connection reports its dead rows to the statistics within seconds, not at once.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let dead = loop {
+        if let Some(dead) = events::vacuum_queue(&pool, SETTLED).await.unwrap() {
+            break dead;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never vacuumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(dead >= SETTLED, "{dead} dead rows");
+    assert_eq!(
+        events::vacuum_queue(&pool, 1).await.unwrap(),
+        None,
+        "the vacuum cleared them"
+    );
+    assert_eq!(state_of(&pool, waiting).await.0, "pending");
+    let settled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE state IN ('succeeded', 'skipped')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(settled, SETTLED);
+}
