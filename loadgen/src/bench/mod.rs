@@ -71,6 +71,11 @@ pub struct Args {
     /// overhead; the output goes into the run directory).
     #[arg(long)]
     diagnose: bool,
+    /// A hookd setting for every hookd started, as NAME=VALUE (repeatable), e.g.
+    /// `--hookd-set HOOKD_BATCH_SIZE=250`; a stage's own settings (HOOKD_WORKERS=0 for
+    /// receive-only) still win.
+    #[arg(long = "hookd-set", value_name = "NAME=VALUE", value_parser = setting)]
+    hookd_set: Vec<(String, String)>,
     /// Where hookd and hooktop are (default: beside this loadgen, so a release loadgen runs
     /// the release binaries).
     #[arg(long)]
@@ -81,6 +86,13 @@ pub struct Args {
     /// Print the summary as one JSON object on stdout (the table still goes to stderr).
     #[arg(long)]
     json: bool,
+}
+
+fn setting(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((name, value)) if name.starts_with("HOOKD_") => Ok((name.into(), value.into())),
+        _ => Err(format!("expected HOOKD_<NAME>=VALUE, got {raw:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -259,7 +271,11 @@ async fn run(args: &Args, options: Options) -> anyhow::Result<Summary> {
 
     heading("starting a private, durable PostgreSQL cluster");
     let pg = pg::Pg::start(&options).await?;
-    let (hookd_env, secrets) = dev_secrets(&hookd).await?;
+    let (mut hookd_env, secrets) = dev_secrets(&hookd).await?;
+    for (name, value) in &args.hookd_set {
+        eprintln!("every hookd runs with {name}={value}");
+        hookd_env.push((name.clone(), value.clone()));
+    }
     let bench = Bench {
         options,
         pg,
