@@ -4,11 +4,6 @@ use hookd::cli::{Cli, Command};
 use hookd::config::{self, Config, Sources};
 use tokio_util::sync::CancellationToken;
 
-// glibc's malloc spent 16% of hookd's CPU under load (consolidating and unlinking the chunks
-// of request bodies and batches freed on other threads); see docs/BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
