@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use common::db::events::ClaimedEvent;
 use common::{MIGRATOR, Source};
+use hookd::handlers::Event;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -104,8 +105,8 @@ async fn tables(pool: &PgPool) -> Tables {
 }
 
 /// The batch's events as a worker holds them, in the order it applies them.
-async fn claimed(pool: &PgPool) -> Vec<ClaimedEvent> {
-    let mut events: Vec<ClaimedEvent> = sqlx::query_as(
+async fn claimed(pool: &PgPool) -> Vec<Event> {
+    let mut events: Vec<Event> = sqlx::query_as::<_, ClaimedEvent>(
         "SELECT id, source, event_id, event_type, attempts, body, received_at
          FROM events ORDER BY next_attempt_at, id",
     )
@@ -113,7 +114,7 @@ async fn claimed(pool: &PgPool) -> Vec<ClaimedEvent> {
     .await
     .unwrap()
     .into_iter()
-    .map(ClaimedEvent::parsed)
+    .map(Event::read)
     .collect();
     events.sort_by(|a, b| hookd::handlers::batch_order(a).cmp(&hookd::handlers::batch_order(b)));
     events
@@ -261,7 +262,7 @@ async fn a_batch_ends_where_one_event_at_a_time_ends(pool: PgPool) {
         Err(_) => "retrying",
     };
     let mut tx = pool.begin().await.unwrap();
-    let batch: Vec<&ClaimedEvent> = events.iter().collect();
+    let batch: Vec<&Event> = events.iter().collect();
     let outcomes = hookd::handlers::apply_batch(&mut tx, &statements, &batch)
         .await
         .expect("the shared statements succeed");

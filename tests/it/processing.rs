@@ -670,7 +670,10 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
     };
     let mut tx = pool.begin().await.unwrap();
     assert!(
-        events::lock_leased(&mut tx, &a).await.unwrap().is_empty(),
+        events::lock_leased(&mut tx, &leases(&a))
+            .await
+            .unwrap()
+            .is_empty(),
         "A lost its lease"
     );
     // Even a completion that skips the lock check cannot land under A's attempt.
@@ -681,7 +684,10 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
     assert_eq!(state_of(&pool, id).await.0, "processing");
 
     let mut tx = pool.begin().await.unwrap();
-    assert_eq!(events::lock_leased(&mut tx, &b).await.unwrap(), [id]);
+    assert_eq!(
+        events::lock_leased(&mut tx, &leases(&b)).await.unwrap(),
+        [id]
+    );
     // While B holds the lock, no other worker can claim the event, even with its lease gone.
     sqlx::query("UPDATE events SET next_attempt_at = now() - interval '1 hour' WHERE id = $1")
         .bind(id)
@@ -699,6 +705,10 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2, None));
+}
+
+fn leases(claimed: &[events::ClaimedEvent]) -> Vec<events::Lease> {
+    claimed.iter().map(events::ClaimedEvent::lease).collect()
 }
 
 /// `lock_leased` finds rows by id and checks the state itself: a live row under the same
@@ -721,7 +731,9 @@ async fn a_batch_keeps_only_the_rows_still_processing_under_its_attempt(pool: Pg
         .unwrap();
     let mut tx = pool.begin().await.unwrap();
     assert_eq!(
-        events::lock_leased(&mut tx, &claimed).await.unwrap(),
+        events::lock_leased(&mut tx, &leases(&claimed))
+            .await
+            .unwrap(),
         [ids[0], ids[2]]
     );
     tx.commit().await.unwrap();

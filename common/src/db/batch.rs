@@ -26,7 +26,8 @@ use super::schema::AppTables;
 #[derive(Debug, Clone)]
 pub struct Audit<'a> {
     pub action: &'a str,
-    pub details: serde_json::Value,
+    /// A JSON object, written as the handler serialized it.
+    pub details: Box<serde_json::value::RawValue>,
     pub customer: Option<&'a str>,
     pub subscription: Option<&'a str>,
     /// `businesses.id` as text.
@@ -299,7 +300,7 @@ pub async fn insert_audits(
     if entries.is_empty() {
         return Ok(());
     }
-    let details: Vec<String> = entries.iter().map(|a| a.details.to_string()).collect();
+    let details: Vec<&str> = entries.iter().map(|a| a.details.get()).collect();
     sqlx::query(&statements.batch.audit)
         .bind(entries.iter().map(|a| a.action).collect::<Vec<_>>())
         .bind(&details)

@@ -429,7 +429,8 @@ pub async fn apply_invoice(
 #[derive(Debug, Clone)]
 pub struct AuditEntry<'a> {
     pub action: &'a str,
-    pub details: &'a serde_json::Value,
+    /// A JSON object.
+    pub details: &'a serde_json::value::RawValue,
     /// The business it concerns; the entry is kept without one if none matches.
     pub business: BusinessRef<'a>,
     /// The event in hookd's `events`.
@@ -445,7 +446,7 @@ pub async fn insert_audit(
     let [customer, subscription, key] = entry.business.parts();
     sqlx::query(&statements.audit)
         .bind(entry.action)
-        .bind(entry.details)
+        .bind(sqlx::types::Json(entry.details))
         .bind(Utc::now())
         .bind(entry.webhook_id)
         .bind(entry.source.as_str())

@@ -179,26 +179,12 @@ pub struct ClaimedEvent {
     pub event_type: String,
     #[sqlx(rename = "attempts")]
     pub attempt: i32,
-    /// Parsed from `body` once claimed ([`ClaimedEvent::parsed`]); the queue stores the body
-    /// alone (see migration 0014).
-    #[sqlx(skip)]
-    pub payload: serde_json::Value,
+    /// The body as received; the queue stores nothing parsed (see migration 0014).
     pub body: Vec<u8>,
     pub received_at: DateTime<Utc>,
 }
 
 impl ClaimedEvent {
-    /// The event with its payload parsed. Ingest stored only bodies that parse; anything else
-    /// (a row written by hand) gets its body as a JSON string, which its handler refuses as
-    /// it would any payload missing its fields, rather than failing the claim of the whole
-    /// batch; if it dies, the dead-letter queue keeps it as a string too (migration 0015).
-    pub fn parsed(mut self) -> Self {
-        self.payload = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
-        });
-        self
-    }
-
     pub fn source(&self) -> Source {
         self.source.0
     }
@@ -267,7 +253,6 @@ pub async fn claim_due(
         .fetch_all(pool)
     })
     .await
-    .map(|claimed: Vec<ClaimedEvent>| claimed.into_iter().map(ClaimedEvent::parsed).collect())
 }
 
 /// Vacuums the queue's partition once it holds `min_dead` dead rows; returns how many it
@@ -308,12 +293,9 @@ pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
 /// leased under the attempt the worker holds, in id order. The locks keep every other worker
 /// away until the batch commits (claims skip locked rows); an event missing from the answer was
 /// taken over after its lease ran out, and the caller must leave it alone.
-pub async fn lock_leased(
-    conn: &mut PgConnection,
-    events: &[ClaimedEvent],
-) -> sqlx::Result<Vec<i64>> {
-    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-    let attempts: Vec<i32> = events.iter().map(|e| e.attempt).collect();
+pub async fn lock_leased(conn: &mut PgConnection, leases: &[Lease]) -> sqlx::Result<Vec<i64>> {
+    let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+    let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
     // The rows are found by id and the state is checked here, not in SQL: `state =
     // 'processing'` would let the planner walk the partial index of processing rows, which its
     // statistics often say is empty, and compare every event in flight with every event in the

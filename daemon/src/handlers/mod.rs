@@ -1,22 +1,66 @@
 //! Built-in handlers: what an event does to the business tables. Each runs on the worker's
 //! transaction, so its effect commits together with the event's `succeeded` mark, or not at all.
 //!
-//! A handler first reads the payload into an [`Effect`] ([`plan`], no database). A batch's
-//! effects are then written together, one statement per kind ([`apply_batch`]); a single
-//! event's alone ([`apply`]), which is how the worker runs a batch again event by event when
-//! one of the shared statements failed.
+//! A claimed event's body is read once into the fields its handler needs ([`Event::read`]).
+//! A handler then turns them into an [`Effect`] ([`plan`], no database). A batch's effects are
+//! written together, one statement per kind ([`apply_batch`]); a single event's alone
+//! ([`apply`]), which is how the worker runs a batch again event by event when one of the
+//! shared statements failed.
 
 mod custom;
+mod fields;
 pub mod forward;
 mod stripe;
 mod telnyx;
+
+use std::ops::Deref;
 
 use common::Source;
 use common::db::batch::{self, Audit, StripeEffect};
 use common::db::business::{Applied, CallEvent, MessageEvent, Statements};
 use common::db::events::ClaimedEvent;
-use serde_json::Value;
 use sqlx::PgConnection;
+
+/// A claimed event with what its handler reads from the body.
+#[derive(Debug)]
+pub struct Event {
+    claimed: ClaimedEvent,
+    payload: Payload,
+}
+
+#[derive(Debug)]
+enum Payload {
+    Stripe(Box<stripe::Payload>),
+    Telnyx(Box<telnyx::Payload>),
+    Custom(custom::Payload),
+    /// A source without built-in handlers.
+    None,
+}
+
+impl Event {
+    /// Reads the fields its source's handler needs. Ingest stored only bodies that parse; a
+    /// body that does not (a row written by hand) reads as one without any of them, which its
+    /// handler refuses as it would any payload missing its fields, rather than failing the
+    /// claim of the whole batch.
+    pub fn read(claimed: ClaimedEvent) -> Self {
+        let body = &claimed.body;
+        let payload = match claimed.source() {
+            Source::Stripe => Payload::Stripe(Box::new(fields::read(body))),
+            Source::Telnyx => Payload::Telnyx(Box::new(fields::read(body))),
+            Source::Custom => Payload::Custom(fields::read(body)),
+            _ => Payload::None,
+        };
+        Event { claimed, payload }
+    }
+}
+
+impl Deref for Event {
+    type Target = ClaimedEvent;
+
+    fn deref(&self) -> &ClaimedEvent {
+        &self.claimed
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -49,13 +93,13 @@ pub enum Effect<'e> {
 }
 
 /// Reads what `event` does, or why it cannot be applied.
-pub fn plan(event: &ClaimedEvent) -> Result<Effect<'_>, HandlerError> {
-    match event.source() {
-        Source::Stripe => stripe::plan(event),
-        Source::Telnyx => telnyx::plan(event),
-        Source::Custom => Ok(custom::plan(event)),
+pub fn plan(event: &Event) -> Result<Effect<'_>, HandlerError> {
+    match &event.payload {
+        Payload::Stripe(payload) => stripe::plan(event, payload),
+        Payload::Telnyx(payload) => telnyx::plan(event, payload),
+        Payload::Custom(payload) => Ok(custom::plan(event, payload)),
         // A source without built-in handlers: stored, forwarded if a URL is set, else skipped.
-        _ => Ok(Effect::Unhandled),
+        Payload::None => Ok(Effect::Unhandled),
     }
 }
 
@@ -63,7 +107,7 @@ pub fn plan(event: &ClaimedEvent) -> Result<Effect<'_>, HandlerError> {
 pub async fn apply(
     conn: &mut PgConnection,
     statements: &Statements,
-    event: &ClaimedEvent,
+    event: &Event,
 ) -> Result<Outcome, HandlerError> {
     use common::db::business;
     match plan(event)? {
@@ -92,7 +136,7 @@ pub async fn apply(
 pub async fn apply_batch(
     conn: &mut PgConnection,
     statements: &Statements,
-    events: &[&ClaimedEvent],
+    events: &[&Event],
 ) -> sqlx::Result<Vec<Result<Outcome, HandlerError>>> {
     let mut results: Vec<Option<Result<Outcome, HandlerError>>> =
         std::iter::repeat_with(|| None).take(events.len()).collect();
@@ -149,54 +193,26 @@ pub async fn apply_batch(
 /// worker's Stripe events contend for, are locked last and held the shortest time before the
 /// commit. Order within a batch changes no outcome: Stripe state is ordered by `created` and
 /// Telnyx rows converge in any order.
-pub fn batch_order(event: &ClaimedEvent) -> (u8, Option<&str>) {
-    let fields = Fields(&event.payload);
-    match event.source() {
-        Source::Telnyx => (
-            1,
-            fields
-                .opt_str("/data/payload/call_control_id")
-                .or_else(|| fields.opt_str("/data/payload/id")),
-        ),
-        Source::Stripe => (
-            2,
-            fields
-                .opt_str("/data/object/customer")
-                .or_else(|| fields.opt_str("/data/object/subscription")),
-        ),
+pub fn batch_order(event: &Event) -> (u8, Option<&str>) {
+    match &event.payload {
+        Payload::Telnyx(payload) => (1, payload.row_key()),
+        Payload::Stripe(payload) => (2, payload.row_key()),
         _ => (0, None),
     }
 }
 
-/// Reading payload fields. A required field that is absent is a permanent failure that names
-/// the field, so the dead-letter entry says exactly what the sender left out.
-struct Fields<'a>(&'a Value);
+/// A required field: absent, it is a permanent failure that names the field, so the
+/// dead-letter entry says exactly what the sender left out.
+fn required<T>(value: Option<T>, pointer: &str) -> Result<T, HandlerError> {
+    value.ok_or_else(|| HandlerError::Permanent(format!("payload has no string at {pointer}")))
+}
 
-impl<'a> Fields<'a> {
-    fn opt_str(&self, pointer: &str) -> Option<&'a str> {
-        self.0.pointer(pointer).and_then(Value::as_str)
-    }
+fn unix_time(secs: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(secs?, 0)
+}
 
-    fn str(&self, pointer: &str) -> Result<&'a str, HandlerError> {
-        self.opt_str(pointer)
-            .ok_or_else(|| HandlerError::Permanent(format!("payload has no string at {pointer}")))
-    }
-
-    fn opt_unix_time(&self, pointer: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-        let secs = self.0.pointer(pointer).and_then(Value::as_i64)?;
-        chrono::DateTime::from_timestamp(secs, 0)
-    }
-
-    fn unix_time(&self, pointer: &str) -> Result<chrono::DateTime<chrono::Utc>, HandlerError> {
-        self.opt_unix_time(pointer).ok_or_else(|| {
-            HandlerError::Permanent(format!("payload has no unix timestamp at {pointer}"))
-        })
-    }
-
-    fn opt_rfc3339(&self, pointer: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-        let text = self.opt_str(pointer)?;
-        chrono::DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
-    }
+fn rfc3339(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text?)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }

@@ -23,7 +23,7 @@ pub use retry::RetryPolicy;
 
 use crate::announce::Announcer;
 use crate::handlers::forward::{Delivery, Forwarder};
-use crate::handlers::{self, HandlerError, Outcome};
+use crate::handlers::{self, Event, HandlerError, Outcome};
 use crate::liveness::Owner;
 use crate::metrics::Metrics;
 
@@ -128,13 +128,14 @@ impl Worker {
 
     /// Claims one batch of due events and processes it. Returns how many were claimed.
     pub async fn process_batch(&self) -> sqlx::Result<usize> {
-        let mut claimed = events::claim_due(
+        let claimed = events::claim_due(
             &self.pool,
             self.config.batch_size,
             self.config.lease,
             self.owner.get(),
         )
         .await?;
+        let mut claimed: Vec<Event> = claimed.into_iter().map(Event::read).collect();
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -145,11 +146,14 @@ impl Worker {
         let deliveries =
             futures::future::join_all(claimed.iter().map(|event| self.forwarder.deliver(event)))
                 .await;
-        let leases: Vec<Lease> = claimed.iter().map(ClaimedEvent::lease).collect();
+        let leases: Vec<Lease> = claimed.iter().map(|e| e.lease()).collect();
         let mut isolation = Isolation::Batch;
         let mut moved = 0;
         let result = loop {
-            match self.complete(&claimed, &deliveries, isolation).await {
+            match self
+                .complete(&claimed, &leases, &deliveries, isolation)
+                .await
+            {
                 Err(Retry::HandlerFailed) if isolation == Isolation::Batch => {
                     isolation = Isolation::Event;
                 }
@@ -188,12 +192,13 @@ impl Worker {
     /// `Isolation::Event`, where each attempt has a savepoint that undoes its writes alone.
     async fn complete<'d>(
         &self,
-        claimed: &[ClaimedEvent],
+        claimed: &[Event],
+        leases: &[Lease],
         deliveries: &'d [Option<Delivery>],
         isolation: Isolation,
     ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
         let mut tx = self.pool.begin().await?;
-        let held = events::lock_leased(&mut tx, claimed).await?;
+        let held = events::lock_leased(&mut tx, leases).await?;
         let mut live = Vec::with_capacity(claimed.len());
         for (event, delivery) in claimed.iter().zip(deliveries) {
             if held.binary_search(&event.id).is_err() {
@@ -235,7 +240,7 @@ impl Worker {
     async fn attempt_together<'d>(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        live: &[(&ClaimedEvent, Option<&'d Delivery>)],
+        live: &[(&Event, Option<&'d Delivery>)],
     ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
         let started_at = Utc::now();
         let clock = Instant::now();
@@ -245,7 +250,7 @@ impl Worker {
             .map(|&(event, delivery)| precondition(event, delivery, max_attempts).err().map(Err))
             .collect();
         let runs: Vec<usize> = (0..live.len()).filter(|&i| results[i].is_none()).collect();
-        let events: Vec<&ClaimedEvent> = runs.iter().map(|&i| live[i].0).collect();
+        let events: Vec<&Event> = runs.iter().map(|&i| live[i].0).collect();
         let outcomes = handlers::apply_batch(tx, &self.config.statements, &events)
             .await
             .map_err(|e| {
@@ -271,7 +276,7 @@ impl Worker {
     async fn attempt_alone<'d>(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        event: &ClaimedEvent,
+        event: &Event,
         delivery: Option<&'d Delivery>,
     ) -> Result<AttemptRecord<'d>, Retry> {
         let started_at = Utc::now();
@@ -338,7 +343,7 @@ impl Worker {
     }
 
     /// Metrics and one log line per attempt, once the batch is committed.
-    fn report(&self, claimed: &[ClaimedEvent], records: &[AttemptRecord<'_>]) {
+    fn report(&self, claimed: &[Event], records: &[AttemptRecord<'_>]) {
         let mut records = records.iter().peekable();
         for event in claimed {
             let Some(record) = records.next_if(|r| r.event_id == event.id) else {
