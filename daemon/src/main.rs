@@ -43,7 +43,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let config = Config::load(&sources)?;
-            init_tracing(config.log_json);
+            // Held until hookd stops, so the lines still buffered are written.
+            let _log = init_tracing(config.log_json);
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -103,19 +104,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(json: bool) {
+/// Logs go to stdout from a thread of their own: a reader that stops reading (journald
+/// under pressure, a pipe nobody drains) costs the lines past a buffer of `LOG_BUFFER_LINES`
+/// (about 2 MiB), never the runtime's threads, which also no longer make a write(2) per line.
+const LOG_BUFFER_LINES: usize = 8_192;
+
+fn init_tracing(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // sqlx reports PostgreSQL's NOTICEs ("relation already exists, skipping") at info.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     if json {
         builder.json().flatten_event(true).init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // Under systemd: journald stamps each line itself and shows no colours.
+        // Under systemd: journald stamps each line itself.
         builder.with_ansi(false).without_time().init();
     } else {
-        builder.init();
+        // Colours only for a person at a terminal, not for a file or a log collector.
+        builder.with_ansi(colours).init();
     }
+    guard
 }
 
 /// SIGTERM (systemd stop) and SIGINT (Ctrl-C) both start a graceful drain.

@@ -371,7 +371,18 @@ impl Process {
         database_url: &str,
         port: u16,
         extra: &[(&str, &str)],
+        command: std::process::Command,
+    ) -> Process {
+        Self::spawn_logging(database_url, port, extra, command, None)
+    }
+
+    /// Like [`Process::spawn_at`], with `stdout` instead of the log file (which stays empty).
+    pub fn spawn_logging(
+        database_url: &str,
+        port: u16,
+        extra: &[(&str, &str)],
         mut command: std::process::Command,
+        stdout: Option<std::process::Stdio>,
     ) -> Process {
         static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -391,7 +402,7 @@ impl Process {
             .env("CUSTOM_WEBHOOK_SECRET", CUSTOM_SECRET)
             .env("HOOKD_POLL_INTERVAL_MS", "200")
             .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(&log).unwrap())
+            .stdout(stdout.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into()))
             .stderr(std::process::Stdio::inherit());
         for (k, v) in extra {
             command.env(k, v);

@@ -607,6 +607,61 @@ async fn an_unread_notify_socket_never_stalls_hookd(pool: PgPool) {
         process.log_lines("notify socket is full") == 1,
         "said once in the log"
     );
+    // Its stdout is a file, not a terminal: no colour codes in it.
+    let log = std::fs::read_to_string(&process.log).unwrap();
+    assert!(!log.contains('\x1b'), "{log}");
     drop(unread);
     let _ = std::fs::remove_file(&path);
+}
+
+/// A log reader that stops reading (journald under pressure, a pipe nobody drains) must not
+/// stall hookd either. With its stdout a pipe that is never read, 2,000 webhooks, whose log
+/// lines are many times the pipe's 64 KiB, are all answered within a second each and all
+/// processed.
+#[sqlx::test(migrator = "common::MIGRATOR")]
+async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
+    const EVENTS: usize = 2_000;
+    let (unread, writer) = std::io::pipe().expect("a pipe");
+    let process = Process::spawn_logging(
+        &database_url(&pool),
+        free_port(),
+        &[],
+        Command::new(hookd_bin()),
+        Some(writer.into()),
+    )
+    .ready()
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/api/custom/webhook", process.port);
+    let started = Instant::now();
+    for n in 0..EVENTS {
+        let id = format!("msg_unread_log_{n}");
+        let body = custom_event("user.signed_up");
+        let mut request = client.post(&url).body(body.clone());
+        for (name, value) in custom_headers(&id, &body, now()) {
+            request = request.header(name, value);
+        }
+        let answer = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("webhook {n} after {:?}: {e}", started.elapsed()));
+        assert_eq!(answer.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = count(
+            &pool,
+            "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        )
+        .await;
+        if done == EVENTS as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of {EVENTS} processed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(unread);
 }
