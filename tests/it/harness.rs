@@ -401,7 +401,8 @@ impl Process {
             .env("TELNYX_PUBLIC_KEY", public)
             .env("CUSTOM_WEBHOOK_SECRET", CUSTOM_SECRET)
             .env("HOOKD_POLL_INTERVAL_MS", "200")
-            .env("RUST_LOG", "info")
+            // The line per processed event, which tests count, is at debug.
+            .env("RUST_LOG", "info,hookd::worker=debug")
             .stdout(stdout.unwrap_or_else(|| std::fs::File::create(&log).unwrap().into()))
             .stderr(std::process::Stdio::inherit());
         for (k, v) in extra {

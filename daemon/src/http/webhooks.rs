@@ -186,7 +186,8 @@ impl<'a> Delivery<'a> {
         }
         let latency = self.started.elapsed();
         metrics.ingest_latency(self.source, latency);
-        tracing::info!(
+        // At debug, as the worker's line per event is; the event itself is the record.
+        tracing::debug!(
             source = %self.source, event_id, event_type, duplicate,
             latency_ms = latency.as_secs_f64() * 1e3, "webhook accepted"
         );

@@ -359,7 +359,10 @@ impl Worker {
                     "event failed"
                 );
             } else {
-                tracing::info!(
+                // At debug: one line per event at thousands a second is most of a busy worker's
+                // CPU and more than journald keeps (10,000 lines per 30 s by default); the
+                // attempts table holds the same history.
+                tracing::debug!(
                     event = event.id, source = %event.source(), event_type = event.event_type,
                     attempt = event.attempt, outcome, "event processed"
                 );
