@@ -14,13 +14,12 @@ use axum::response::{IntoResponse, Response};
 use common::db::events::{self, Inserted, NewEvent};
 use common::{EventType, ProviderEventId, Source};
 use serde::Serialize;
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::rate_limit::unverified;
 use super::{ApiError, AppState};
 use crate::ingest::IngestError;
-use crate::providers::{Field, Provider};
+use crate::providers::{Field, Provider, pointer};
 use crate::verify::VerifyError;
 
 #[derive(Debug, Serialize)]
@@ -124,24 +123,30 @@ impl<'a> Delivery<'a> {
     }
 
     /// The idempotency key and the type of a verified request; its body must be a JSON
-    /// object. The parsed tree is dropped before the event is stored: only the body itself
-    /// waits for the commit.
+    /// object. Read in one pass that builds no tree ([`pointer::strings_at`]).
     fn identify(
         &self,
         (key, kind): (Field, Field),
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(String, String), Refusal> {
-        let payload = match serde_json::from_slice::<Value>(body) {
-            Ok(value @ Value::Object(_)) => value,
+        let pointers: Vec<&str> = [&key, &kind]
+            .into_iter()
+            .filter_map(|field| match field {
+                Field::Pointer(pointer) => Some(pointer.as_str()),
+                Field::Header(_) => None,
+            })
+            .collect();
+        let found = match pointer::strings_at(body, &pointers) {
+            Ok(found) if found.object => found,
             Ok(_) => return Err(self.bad_body("body is not a JSON object".into())),
             Err(e) => return Err(self.bad_body(format!("body is not valid JSON: {e}"))),
         };
-        let read = |field: Field| match field {
-            Field::Pointer(pointer) => payload
-                .pointer(&pointer)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
+        let mut strings = found.strings.into_iter();
+        let mut read = |field: Field| match field {
+            Field::Pointer(pointer) => strings
+                .next()
+                .flatten()
                 .ok_or_else(|| self.bad_body(format!("payload has no string at {pointer}"))),
             Field::Header(names) => names
                 .iter()

@@ -7,6 +7,7 @@
 
 pub mod github;
 pub mod hmac;
+pub mod pointer;
 pub mod shopify;
 pub mod standard;
 pub mod stripe;
