@@ -105,19 +105,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Logs go to stdout from a thread of their own: a reader that stops reading (journald
-/// under pressure, a pipe nobody drains) costs the lines past a buffer of `LOG_BUFFER_LINES`
-/// (about 2 MiB), never the runtime's threads, which also no longer make a write(2) per line.
-const LOG_BUFFER_LINES: usize = 8_192;
-
+/// under pressure, a pipe nobody drains) costs the lines past a buffer of `metrics::LOG_BUFFER_LINES`
+/// (about 2 MiB; `hookd_log_lines_dropped_total` counts them), never the runtime's threads,
+/// which also no longer make a write(2) per line.
 fn init_tracing(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // sqlx reports PostgreSQL's NOTICEs ("relation already exists, skipping") at info.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .buffered_lines_limit(hookd::metrics::LOG_BUFFER_LINES)
         .lossy(true)
         .finish(std::io::stdout());
+    hookd::metrics::report_dropped_log_lines(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -1,6 +1,8 @@
-//! Prometheus metrics. One registry per hookd instance (no global state), so tests can run
-//! several instances in one process and read each one's numbers.
+//! Prometheus metrics. One registry per hookd instance (no global state but the process's
+//! log writer, of which there is one), so tests can run several instances in one process and
+//! read each one's numbers.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::Source;
@@ -13,6 +15,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels<const N: usize> = [(&'static str, String); N];
+
+/// Log lines waiting for a slow reader before the newest are dropped (about 2 MiB).
+pub const LOG_BUFFER_LINES: usize = 8_192;
+
+/// How many lines the process's log writer dropped, its reader behind (see `main`).
+static DROPPED_LOG_LINES: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Has every instance report the log lines the process's writer drops; set once, by `main`.
+pub fn report_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = DROPPED_LOG_LINES.set(counter);
+}
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms to ~16 s.
@@ -31,6 +44,7 @@ pub struct Metrics {
     oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
     retrying: Gauge,
     dead: Gauge,
+    log_lines_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +61,7 @@ impl Default for Metrics {
             oldest_pending: Gauge::default(),
             retrying: Gauge::default(),
             dead: Gauge::default(),
+            log_lines_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -98,6 +113,11 @@ impl Default for Metrics {
             "events_dead",
             "Events in the dead-letter queue",
             metrics.dead.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            format!("Log lines dropped because the log's reader fell behind by more than {LOG_BUFFER_LINES}"),
+            metrics.log_lines_dropped.clone(),
         );
         Metrics {
             registry,
@@ -156,6 +176,13 @@ impl Metrics {
             .set(queue.oldest_pending_secs.unwrap_or(0.0));
         self.retrying.set(queue.retrying);
         self.dead.set(queue.dead);
+        let dropped = DROPPED_LOG_LINES
+            .get()
+            .map_or(0, |c| c.dropped_lines() as u64);
+        let reported = self.log_lines_dropped.get();
+        if dropped > reported {
+            self.log_lines_dropped.inc_by(dropped - reported);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

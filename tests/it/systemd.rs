@@ -615,17 +615,19 @@ async fn an_unread_notify_socket_never_stalls_hookd(pool: PgPool) {
 }
 
 /// A log reader that stops reading (journald under pressure, a pipe nobody drains) must not
-/// stall hookd either. With its stdout a pipe that is never read, 2,000 webhooks, whose log
-/// lines are many times the pipe's 64 KiB, are all answered within a second each and all
-/// processed.
+/// stall hookd either. With its stdout a pipe that is never read and every debug line on, 6,000
+/// webhooks, whose log lines are many times the pipe's 64 KiB and the writer's buffer, are all
+/// answered within a second each and all processed, and the metrics count the lines dropped.
 #[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
-    const EVENTS: usize = 2_000;
+    use futures::StreamExt;
+    const EVENTS: usize = 6_000;
+    const ADMIN: &str = "an-admin-token-of-some-length-0123456789";
     let (unread, writer) = std::io::pipe().expect("a pipe");
     let process = Process::spawn_logging(
         &database_url(&pool),
         free_port(),
-        &[],
+        &[("RUST_LOG", "debug"), ("HOOKD_ADMIN_TOKEN", ADMIN)],
         Command::new(hookd_bin()),
         Some(writer.into()),
     )
@@ -635,21 +637,28 @@ async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let url = format!("http://127.0.0.1:{}/api/custom/webhook", process.port);
+    let base = format!("http://127.0.0.1:{}", process.port);
     let started = Instant::now();
-    for n in 0..EVENTS {
-        let id = format!("msg_unread_log_{n}");
-        let body = custom_event("user.signed_up");
-        let mut request = client.post(&url).body(body.clone());
-        for (name, value) in custom_headers(&id, &body, now()) {
-            request = request.header(name, value);
-        }
-        let answer = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("webhook {n} after {:?}: {e}", started.elapsed()));
-        assert_eq!(answer.status(), 200);
-    }
+    futures::stream::iter(0..EVENTS)
+        .map(|n| {
+            let (client, url) = (&client, format!("{base}/api/custom/webhook"));
+            async move {
+                let id = format!("msg_unread_log_{n}");
+                let body = custom_event("user.signed_up");
+                let mut request = client.post(url).body(body.clone());
+                for (name, value) in custom_headers(&id, &body, now()) {
+                    request = request.header(name, value);
+                }
+                let answer = request
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("webhook {n} after {:?}: {e}", started.elapsed()));
+                assert_eq!(answer.status(), 200);
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<()>()
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let done = count(
@@ -663,5 +672,21 @@ async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
         assert!(Instant::now() < deadline, "{done} of {EVENTS} processed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookd_log_lines_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped-lines counter in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "{metrics}");
     drop(unread);
 }
