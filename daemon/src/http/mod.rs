@@ -151,9 +151,9 @@ pub fn app(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             deadline,
         ));
-    // Webhook routes log one line per delivery themselves (accepted, rejected, rate limited,
-    // unavailable) with the event's id; a generic line and span for each would only double
-    // the cost of logging on the hot path.
+    // Webhook routes log each delivery themselves, with the event's id (rejected, rate
+    // limited or unavailable at info, accepted at debug); a generic line and span for each
+    // would only double the cost of logging on the hot path.
     Router::new()
         .merge(admin)
         .merge(Router::from(open_routes()))
