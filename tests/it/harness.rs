@@ -191,6 +191,22 @@ pub fn telnyx_event(id: &str, kind: &str, payload: serde_json::Value) -> String 
     .to_string()
 }
 
+/// A signed POST of a custom event to the hookd at `base` (`http://host:port`).
+pub fn signed_custom(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(format!("{base}{CUSTOM_PATH}"))
+        .body(body.to_owned());
+    for (name, value) in custom_headers(id, body, now()) {
+        request = request.header(name, value);
+    }
+    request
+}
+
 pub fn custom_event(kind: &str) -> String {
     serde_json::json!({"type": kind, "timestamp": "2026-11-29T03:00:00Z", "data": {"k": 1}})
         .to_string()
@@ -373,11 +389,12 @@ impl Process {
         extra: &[(&str, &str)],
         command: std::process::Command,
     ) -> Process {
-        Self::spawn_logging(database_url, port, extra, command, None)
+        Self::spawn_with_stdout(database_url, port, extra, command, None)
     }
 
-    /// Like [`Process::spawn_at`], with `stdout` instead of the log file (which stays empty).
-    pub fn spawn_logging(
+    /// Like [`Process::spawn_at`]; with `stdout` given, the log goes there instead of to a
+    /// file, and [`Process::log_lines`] finds nothing.
+    pub fn spawn_with_stdout(
         database_url: &str,
         port: u16,
         extra: &[(&str, &str)],

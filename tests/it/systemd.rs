@@ -587,14 +587,7 @@ async fn an_unread_notify_socket_never_stalls_hookd(pool: PgPool) {
         assert_eq!(health.status(), 200);
         if round.is_multiple_of(5) {
             let id = format!("msg_unread_{round}");
-            let body = custom_event("user.signed_up");
-            let mut request = client
-                .post(format!("{base}/api/custom/webhook"))
-                .body(body.clone());
-            for (name, value) in custom_headers(&id, &body, now()) {
-                request = request.header(name, value);
-            }
-            let answer = request
+            let answer = signed_custom(&client, &base, &id, &custom_event("user.signed_up"))
                 .send()
                 .await
                 .unwrap_or_else(|e| panic!("webhook after {:?}: {e}", started.elapsed()));
@@ -624,7 +617,7 @@ async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
     const EVENTS: usize = 6_000;
     const ADMIN: &str = "an-admin-token-of-some-length-0123456789";
     let (unread, writer) = std::io::pipe().expect("a pipe");
-    let process = Process::spawn_logging(
+    let process = Process::spawn_with_stdout(
         &database_url(&pool),
         free_port(),
         &[("RUST_LOG", "debug"), ("HOOKD_ADMIN_TOKEN", ADMIN)],
@@ -641,15 +634,10 @@ async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
     let started = Instant::now();
     futures::stream::iter(0..EVENTS)
         .map(|n| {
-            let (client, url) = (&client, format!("{base}/api/custom/webhook"));
+            let (client, base) = (&client, &base);
             async move {
                 let id = format!("msg_unread_log_{n}");
-                let body = custom_event("user.signed_up");
-                let mut request = client.post(url).body(body.clone());
-                for (name, value) in custom_headers(&id, &body, now()) {
-                    request = request.header(name, value);
-                }
-                let answer = request
+                let answer = signed_custom(client, base, &id, &custom_event("user.signed_up"))
                     .send()
                     .await
                     .unwrap_or_else(|e| panic!("webhook {n} after {:?}: {e}", started.elapsed()));
@@ -659,19 +647,13 @@ async fn an_unread_log_pipe_never_stalls_hookd(pool: PgPool) {
         .buffer_unordered(8)
         .collect::<()>()
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = count(
-            &pool,
-            "SELECT count(*) FROM events WHERE state = 'succeeded'",
-        )
-        .await;
-        if done == EVENTS as i64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{done} of {EVENTS} processed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM events WHERE state = 'succeeded'",
+        EVENTS as i64,
+        Duration::from_secs(60),
+    )
+    .await;
     let metrics = client
         .get(format!("{base}/metrics"))
         .bearer_auth(ADMIN)

@@ -33,8 +33,8 @@ enum Payload {
     Stripe(Box<stripe::Payload>),
     Telnyx(Box<telnyx::Payload>),
     Custom(custom::Payload),
-    /// A source without built-in handlers.
-    None,
+    /// A source without built-in handlers: nothing to read.
+    Unread,
 }
 
 impl Event {
@@ -48,7 +48,7 @@ impl Event {
             Source::Stripe => Payload::Stripe(Box::new(fields::read(body))),
             Source::Telnyx => Payload::Telnyx(Box::new(fields::read(body))),
             Source::Custom => Payload::Custom(fields::read(body)),
-            _ => Payload::None,
+            _ => Payload::Unread,
         };
         Event { claimed, payload }
     }
@@ -99,7 +99,7 @@ pub fn plan(event: &Event) -> Result<Effect<'_>, HandlerError> {
         Payload::Telnyx(payload) => telnyx::plan(event, payload),
         Payload::Custom(payload) => Ok(custom::plan(event, payload)),
         // A source without built-in handlers: stored, forwarded if a URL is set, else skipped.
-        Payload::None => Ok(Effect::Unhandled),
+        Payload::Unread => Ok(Effect::Unhandled),
     }
 }
 
