@@ -870,6 +870,28 @@ async fn a_batch_locks_businesses_in_key_order_so_batches_cannot_deadlock(pool: 
     );
 }
 
+/// A vacuum of the emptied queue keeps its pages for the next burst's inserts (migration 0016)
+/// instead of handing them back to the file system, which would make those inserts extend
+/// the file again, a page at a time.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_emptied_queue_keeps_its_pages_through_a_vacuum(pool: PgPool) {
+    for i in 0..300 {
+        let id = format!("evt_page_{i}");
+        let body = stripe_event(&id, "charge.refunded", 1_700_000_000, json!({}));
+        store(&pool, Source::Stripe, &id, "charge.refunded", &body).await;
+    }
+    drain(&worker(&pool, &[]), &pool, SOON).await;
+    let size = || async { count(&pool, "SELECT pg_relation_size('events_live')").await };
+    let before = size().await;
+    assert!(before > 8192 * 10, "{before} bytes");
+    sqlx::query("VACUUM events_live")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count(&pool, "SELECT count(*) FROM events_live").await, 0);
+    assert_eq!(size().await, before);
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn the_queue_is_vacuumed_of_what_settled_events_left_once_there_is_enough(pool: PgPool) {
     const SETTLED: i64 = 40;
