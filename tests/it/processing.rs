@@ -669,52 +669,61 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
         response_body: None,
     };
     let mut tx = pool.begin().await.unwrap();
-    assert!(
-        events::lock_leased(&mut tx, &leases(&a))
+    assert_eq!(
+        events::complete(&mut tx, &[record(1, events::AttemptOutcome::Dead)])
             .await
-            .unwrap()
-            .is_empty(),
+            .unwrap(),
+        [id],
         "A lost its lease"
     );
-    // Even a completion that skips the lock check cannot land under A's attempt.
-    events::complete(&mut tx, &[record(1, events::AttemptOutcome::Dead)])
-        .await
-        .unwrap();
+    // A worker rolls back then; even committed, A's completion changed nothing.
     tx.commit().await.unwrap();
     assert_eq!(state_of(&pool, id).await.0, "processing");
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 0);
 
-    let mut tx = pool.begin().await.unwrap();
-    assert_eq!(
-        events::lock_leased(&mut tx, &leases(&b)).await.unwrap(),
-        [id]
-    );
-    // While B holds the lock, no other worker can claim the event, even with its lease gone.
+    // B's lease runs out too, but no one takes it over: B still completes, and until it
+    // commits, no other worker can claim the event.
     sqlx::query("UPDATE events SET next_attempt_at = now() - interval '1 hour' WHERE id = $1")
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&pool)
         .await
         .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        events::complete(&mut tx, &[record(2, events::AttemptOutcome::Succeeded)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         events::claim_due(&pool, 10, Duration::from_secs(60), None)
             .await
             .unwrap()
             .is_empty()
     );
-    events::complete(&mut tx, &[record(2, events::AttemptOutcome::Succeeded)])
-        .await
-        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2, None));
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 1);
 }
 
-fn leases(claimed: &[events::ClaimedEvent]) -> Vec<events::Lease> {
-    claimed.iter().map(events::ClaimedEvent::lease).collect()
+fn succeeded(event: &events::ClaimedEvent) -> events::AttemptRecord<'static> {
+    events::AttemptRecord {
+        event_id: event.id,
+        attempt: event.attempt,
+        started_at: chrono::Utc::now(),
+        duration: Duration::ZERO,
+        outcome: events::AttemptOutcome::Succeeded,
+        error: None,
+        retry_at: None,
+        http_status: None,
+        response_body: None,
+    }
 }
 
-/// `lock_leased` finds rows by id and checks the state itself: a live row under the same
-/// attempt that is no longer `processing` is not the worker's.
+/// A completion settles only the rows still `processing` under the batch's attempt, and a
+/// batch with one that is not writes no history: the worker runs it again without that one.
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn a_batch_keeps_only_the_rows_still_processing_under_its_attempt(pool: PgPool) {
+async fn a_batch_settles_only_the_rows_still_processing_under_its_attempt(pool: PgPool) {
     for id in ["msg_k1", "msg_k2", "msg_k3"] {
         store(&pool, Source::Custom, id, "x.y", &custom_event("x.y")).await;
     }
@@ -729,14 +738,83 @@ async fn a_batch_keeps_only_the_rows_still_processing_under_its_attempt(pool: Pg
         .execute(&pool)
         .await
         .unwrap();
+    let all: Vec<_> = claimed.iter().map(succeeded).collect();
     let mut tx = pool.begin().await.unwrap();
-    assert_eq!(
-        events::lock_leased(&mut tx, &leases(&claimed))
-            .await
-            .unwrap(),
-        [ids[0], ids[2]]
-    );
+    assert_eq!(events::complete(&mut tx, &all).await.unwrap(), [ids[1]]);
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM event_attempts")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(history, 0, "no history for a batch that must roll back");
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let kept = [succeeded(&claimed[0]), succeeded(&claimed[2])];
+    assert!(events::complete(&mut tx, &kept).await.unwrap().is_empty());
     tx.commit().await.unwrap();
+    assert_eq!(state_of(&pool, ids[0]).await.0, "succeeded");
+    assert_eq!(state_of(&pool, ids[1]).await.0, "retrying");
+    assert_eq!(state_of(&pool, ids[2]).await.0, "succeeded");
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 2);
+}
+
+/// A worker checks its leases only when it settles the batch. One taken over while the
+/// batch's handlers waited is left out then: the batch is run again without it, so its effect
+/// is not written by both workers.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_batch_whose_lease_is_taken_over_midway_settles_the_rest_without_it(pool: PgPool) {
+    let biz = insert_business(&pool, "Slow Ltd", None, None).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let body =
+            json!({"type": "plan.changed", "data": {"business_id": biz, "n": n}}).to_string();
+        ids.push(
+            store(
+                &pool,
+                Source::Custom,
+                &format!("msg_t{n}"),
+                "plan.changed",
+                &body,
+            )
+            .await,
+        );
+    }
+    // The audit inserts wait for this lock, longer than the worker's lease.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM businesses WHERE id = $1 FOR UPDATE")
+        .bind(biz)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let worker = worker(&pool, &[("HOOKD_LEASE_SECS", "1")]);
+    let batch = tokio::spawn(async move { worker.process_batch().await });
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        1,
+        PATIENCE,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let taken = events::claim_due(&pool, 1, Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    let lost = taken[0].id;
+    assert_eq!(taken[0].attempt, 2, "taken over");
+    lock.rollback().await.unwrap();
+
+    assert_eq!(batch.await.unwrap().unwrap(), 3);
+    assert_eq!(state_of(&pool, lost).await, ("processing".into(), 2, None));
+    for &id in ids.iter().filter(|&&id| id != lost) {
+        assert_eq!(state_of(&pool, id).await.0, "succeeded");
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM audit_logs").await, 2);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM event_attempts").await,
+        2,
+        "no attempt recorded for the event taken over"
+    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

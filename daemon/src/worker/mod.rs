@@ -149,13 +149,21 @@ impl Worker {
         let leases: Vec<Lease> = claimed.iter().map(|e| e.lease()).collect();
         let mut isolation = Isolation::Batch;
         let mut moved = 0;
+        let mut lost = Vec::new();
         let result = loop {
-            match self
-                .complete(&claimed, &leases, &deliveries, isolation)
-                .await
-            {
+            match self.complete(&claimed, &deliveries, &lost, isolation).await {
                 Err(Retry::HandlerFailed) if isolation == Isolation::Batch => {
                     isolation = Isolation::Event;
+                }
+                // Each round leaves out at least one more event, so this ends.
+                Err(Retry::LeaseLost(ids)) => {
+                    for &event in &ids {
+                        tracing::warn!(
+                            event,
+                            "lease lost before completion; left to its new worker"
+                        );
+                    }
+                    lost.extend(ids);
                 }
                 // One of the events died under a worker that took over its lease: the next
                 // try sees it gone and leaves it alone. The deliveries are not sent again.
@@ -185,31 +193,27 @@ impl Worker {
     }
 
     /// Runs the batch's attempts in one transaction and commits them with the events' new
-    /// states. In `Isolation::Batch` the handlers' effects are written together, one statement
-    /// per kind of effect ([`handlers::apply_batch`]); an event that cannot be applied (its
-    /// business is not linked yet, its payload lacks a field) fails alone there, writing
-    /// nothing. Only a statement that fails sends the whole batch back to be run again in
-    /// `Isolation::Event`, where each attempt has a savepoint that undoes its writes alone.
+    /// states, leaving out the events in `lost`. In `Isolation::Batch` the handlers' effects
+    /// are written together, one statement per kind of effect ([`handlers::apply_batch`]); an
+    /// event that cannot be applied (its business is not linked yet, its payload lacks a
+    /// field) fails alone there, writing nothing. Only a statement that fails sends the whole
+    /// batch back to be run again in `Isolation::Event`, where each attempt has a savepoint
+    /// that undoes its writes alone. An event whose lease ran out and was taken over sends it
+    /// back too, to be run without that event ([`events::complete`]).
     async fn complete<'d>(
         &self,
         claimed: &[Event],
-        leases: &[Lease],
         deliveries: &'d [Option<Delivery>],
+        lost: &[i64],
         isolation: Isolation,
     ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
         let mut tx = self.pool.begin().await?;
-        let held = events::lock_leased(&mut tx, leases).await?;
-        let mut live = Vec::with_capacity(claimed.len());
-        for (event, delivery) in claimed.iter().zip(deliveries) {
-            if held.binary_search(&event.id).is_err() {
-                tracing::warn!(
-                    event = event.id,
-                    "lease lost before completion; left to its new worker"
-                );
-                continue;
-            }
-            live.push((event, delivery.as_ref()));
-        }
+        let live: Vec<(&Event, Option<&Delivery>)> = claimed
+            .iter()
+            .zip(deliveries)
+            .filter(|(event, _)| !lost.contains(&event.id))
+            .map(|(event, delivery)| (event, delivery.as_ref()))
+            .collect();
         let records = match isolation {
             Isolation::Batch => self.attempt_together(&mut tx, &live).await?,
             Isolation::Event => {
@@ -220,6 +224,10 @@ impl Worker {
                 records
             }
         };
+        let unsettled = events::complete(&mut tx, &records).await?;
+        if !unsettled.is_empty() {
+            return Err(Retry::LeaseLost(unsettled));
+        }
         let counted: Vec<stats::Counted> = live
             .iter()
             .zip(&records)
@@ -229,7 +237,6 @@ impl Worker {
                 outcome: record.outcome,
             })
             .collect();
-        events::complete(&mut tx, &records).await?;
         stats::count_outcomes(&mut tx, &counted).await?;
         tx.commit().await?;
         Ok(records)
@@ -521,6 +528,8 @@ enum Isolation {
 enum Retry {
     /// A handler failed in `Isolation::Batch`: run the batch again, event by event.
     HandlerFailed,
+    /// These events' leases ran out and were taken over: run the batch again without them.
+    LeaseLost(Vec<i64>),
     Database(sqlx::Error),
 }
 
@@ -538,6 +547,8 @@ impl Retry {
             Retry::HandlerFailed => {
                 sqlx::Error::Protocol("handler failed in a shared batch".into())
             }
+            // The batch is always run again without them.
+            Retry::LeaseLost(_) => sqlx::Error::Protocol("leases lost in a batch".into()),
         }
     }
 }
