@@ -1004,11 +1004,13 @@ async fn the_queue_is_vacuumed_of_what_settled_events_left_once_there_is_enough(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(dead >= SETTLED, "{dead} dead rows");
-    assert_eq!(
-        events::vacuum_queue(&pool, 1).await.unwrap(),
-        None,
-        "the vacuum cleared them"
-    );
+    // The vacuum cleared them, unless autovacuum's analyze of the same table held its lock
+    // (the vacuum skips it then) or a snapshot older than the rows: the daemon's next round
+    // vacuums again, and so does this loop.
+    while events::vacuum_queue(&pool, 1).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "never cleared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(state_of(&pool, waiting).await.0, "pending");
     let settled: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE state IN ('succeeded', 'skipped')")
