@@ -81,10 +81,7 @@ async fn one(bench: &Bench, r: usize) -> anyhow::Result<Drained> {
     let limit = if o.quick { 180.0 } else { 600.0 };
     let mut peak = None;
     let mut waits = BTreeMap::new();
-    // Whether anything is left, from the queue's index: counting it (`stats::queue`, as
-    // hooktop does) scans the backlog, 55 ms a time at 100,000, which PostgreSQL would
-    // take from the hookd it measures.
-    while common::db::events::next_due_at(&pool).await?.is_some() {
+    while pg::backlog_left(&pool).await? {
         peak = hookd.peak_rss_kib().or(peak);
         if epoch_secs() - t0 > limit {
             eprintln!("  (backlog not drained after {limit} s; giving up)");

@@ -13,7 +13,7 @@ use super::ingest::describe;
 use super::pgbench::Baseline;
 use super::procs::Hookd;
 use super::summary::{Summary, median};
-use super::{Bench, Stage, heading};
+use super::{Bench, Stage, heading, pg};
 use crate::drive;
 
 const DATABASE: &str = "bench_e2e";
@@ -93,10 +93,7 @@ async fn one(bench: &Bench, r: usize, burst: Duration) -> anyhow::Result<Burst> 
     let report = drive::load(load, CancellationToken::new()).await?;
     let waiting = epoch_secs();
     let limit = if o.quick { 180.0 } else { 600.0 };
-    // Whether anything is left, from the queue's index: counting it (`stats::queue`, as
-    // hooktop does) scans the backlog, 55 ms a time at 100,000, which PostgreSQL would
-    // take from the hookd it measures.
-    while common::db::events::next_due_at(&pool).await?.is_some() {
+    while pg::backlog_left(&pool).await? {
         if epoch_secs() - waiting > limit {
             eprintln!("  (backlog not empty {limit} s after the burst; giving up)");
             break;
