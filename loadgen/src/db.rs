@@ -266,6 +266,7 @@ pub async fn seed_backlog(
                 event_id: common::ProviderEventId::parse(id).context("generated event id")?,
                 event_type: common::EventType::parse(kind).context("generated event type")?,
                 body: body.into_bytes(),
+                jsonb_checked: false,
             });
         }
         let answers = insert_many(pool, &batch)

@@ -604,6 +604,7 @@ async fn counter_shards_fold_into_one_row_per_minute_without_changing_totals(poo
                 event_id: common::ProviderEventId::parse(&id).unwrap(),
                 event_type: common::EventType::parse("shard.test").unwrap(),
                 body: body.into_bytes(),
+                jsonb_checked: false,
             };
             common::db::events::insert(&mut **conn, &event)
                 .await

@@ -24,6 +24,7 @@ fn past(
             event_id: ProviderEventId::parse(id).unwrap(),
             event_type: EventType::parse("order.created").unwrap(),
             body: format!(r#"{{"id":"{id}","type":"order.created"}}"#).into_bytes(),
+            jsonb_checked: false,
         },
         received_at,
         fate,

@@ -261,6 +261,7 @@ async fn purging_drops_whole_days_with_their_history(pool: PgPool) {
         event_id: common::ProviderEventId::parse(&event_id).unwrap(),
         event_type: common::EventType::parse("load.test").unwrap(),
         body: b"{}".to_vec(),
+        jsonb_checked: false,
     };
     assert_eq!(
         common::db::events::insert(&pool, &redelivered)

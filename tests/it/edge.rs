@@ -705,6 +705,7 @@ async fn a_full_ingest_queue_refuses_at_once(pool: PgPool) {
                     event_id: common::ProviderEventId::parse(format!("msg_q{i}")).unwrap(),
                     event_type: common::EventType::parse("queue.test").unwrap(),
                     body: body.into_bytes(),
+                    jsonb_checked: false,
                 })
                 .await
         });

@@ -261,6 +261,7 @@ pub async fn store(pool: &PgPool, source: common::Source, id: &str, kind: &str, 
         event_id: common::ProviderEventId::parse(id).unwrap(),
         event_type: common::EventType::parse(kind).unwrap(),
         body: body.as_bytes().to_vec(),
+        jsonb_checked: false,
     };
     match common::db::events::insert(pool, &event).await.unwrap() {
         common::db::events::Inserted::New(id) => id,

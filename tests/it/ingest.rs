@@ -89,6 +89,7 @@ async fn concurrent_batches_sharing_keys_store_each_event_once(pool: PgPool) {
             event_id: common::ProviderEventId::parse(format!("msg_race_{i}")).unwrap(),
             event_type: common::EventType::parse("race.test").unwrap(),
             body: custom_event("race.test").into_bytes(),
+            jsonb_checked: false,
         })
         .collect();
     let pool = pool_like(&pool, 8);
@@ -515,6 +516,71 @@ async fn one_unstorable_payload_in_a_batch_fails_alone(pool: PgPool) {
     hookd.stop().await;
 }
 
+/// A commit can fail after its statement succeeded (here a check deferred to the commit):
+/// every request in that batch fails and none of its events is stored, while a batch that ran
+/// its statement meanwhile is answered by its own commit. Sent again, each is stored once.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_batch_whose_commit_fails_fails_every_request_in_it(pool: PgPool) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'refused at commit'; END $$;
+         CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events_live
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+             WHEN (NEW.event_id = 'm_poison') EXECUTE FUNCTION refuse_at_commit();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let hookd = Hookd::ingest_only(&pool).await;
+    let ids: Vec<String> = (0..60)
+        .map(|i| {
+            if i == 23 {
+                "m_poison".into()
+            } else {
+                format!("m{i}")
+            }
+        })
+        .collect();
+    let send = |ids: Vec<String>| {
+        let hookd = &hookd;
+        futures::future::join_all(ids.into_iter().map(move |id| async move {
+            let body = custom_event("x.y");
+            let headers = custom_headers(&id, &body, now());
+            (id, hookd.post(CUSTOM_PATH, &headers, body).await.0)
+        }))
+    };
+    let first = send(ids.clone()).await;
+    let stored: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT event_id FROM events")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (id, status) in &first {
+        match status {
+            200 => assert!(stored.contains(id), "{id} was acknowledged but not stored"),
+            503 => assert!(!stored.contains(id), "{id} was refused but stored"),
+            other => panic!("{id}: {other}"),
+        }
+    }
+    assert!(first.iter().any(|(id, s)| id == "m_poison" && *s == 503));
+
+    sqlx::query("DROP TRIGGER refuse_at_commit ON events_live")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = first
+        .into_iter()
+        .filter(|(_, s)| *s != 200)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(send(refused).await.iter().all(|(_, s)| *s == 200));
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 60);
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_keys").await, 60);
+    hookd.stop().await;
+}
+
 /// With the database unreachable, a valid webhook must get 503, never a 2xx.
 #[tokio::test]
 async fn an_unreachable_database_answers_503() {
@@ -592,4 +658,83 @@ async fn stored_and_processed_events_are_announced_to_listeners(pool: PgPool) {
         "progress is announced after the batch committed"
     );
     hookd.stop().await;
+}
+
+/// Ingest skips PostgreSQL's own parse of a body only when the pass that reads its id and
+/// type says jsonb takes it as it is: every such body, of tricky numbers and escapes in values
+/// and names, at the top and nested, must be one jsonb takes.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bodies_read_as_jsonb_ready_are_ones_jsonb_takes(pool: PgPool) {
+    let numbers = [
+        "0",
+        "-0",
+        "-1",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "123456789012345678901234567890",
+        "1.5",
+        "-0.0",
+        "1e2",
+        "1E+2",
+        "1e-2",
+        "1e308",
+        "5e-324",
+        "1e-400",
+        "1e-1000",
+        "1e-1001",
+        "1e-20000",
+        "0.12345678901234567890123456789",
+    ];
+    let strings = [
+        r#""plain""#,
+        r#""""#,
+        "\"caf\u{e9} \u{1f600}\"",
+        r#""caf\u00e9""#,
+        r#""\u0000""#,
+        r#""a\u0000b""#,
+        r#""\u0041""#,
+        r#""\n\t\r\b\f\\\/\"""#,
+        r#""\ud83d\ude00""#,
+        r#""\u007f""#,
+        r#""\u0080""#,
+        r#""\uffff""#,
+        r#""\u2028""#,
+        r#""\u001f""#,
+        "\"\u{e9}\\n\"",
+    ];
+    let mut bodies = Vec::new();
+    for value in numbers.iter().chain(&strings) {
+        bodies.push(format!(r#"{{"id":"evt_1","v":{value}}}"#));
+        bodies.push(format!(r#"{{"a":[{{"b":[{value}, {{"c":{value}}}]}}]}}"#));
+        bodies.push(format!("[{value}]"));
+    }
+    for name in &strings {
+        bodies.push(format!(r#"{{{name}:1,"n":{{{name}:{name}}}}}"#));
+        for value in &numbers {
+            bodies.push(format!(r#"{{{name}:{value}}}"#));
+        }
+    }
+    let (mut as_is, mut refused) = (0, 0);
+    for body in &bodies {
+        let Ok(found) = hookd::providers::pointer::strings_at(body.as_bytes(), &["/id"]) else {
+            continue;
+        };
+        let taken = sqlx::query("SELECT $1::jsonb")
+            .bind(body)
+            .execute(&pool)
+            .await
+            .is_ok();
+        if found.jsonb_as_is {
+            as_is += 1;
+            assert!(taken, "read as jsonb-ready, refused by jsonb: {body}");
+        }
+        refused += usize::from(!taken);
+    }
+    assert!(
+        as_is > 50 && refused > 10,
+        "{as_is} as is, {refused} refused"
+    );
 }

@@ -23,6 +23,7 @@ fn new_event(id: &str) -> NewEvent {
         event_id: ProviderEventId::parse(id).unwrap(),
         event_type: EventType::parse("order.created").unwrap(),
         body: format!(r#"{{"id":"{id}","type":"order.created"}}"#).into_bytes(),
+        jsonb_checked: false,
     }
 }
 

@@ -436,6 +436,7 @@ async fn retention_by_days_keeps_every_row(pool: PgPool) {
             event_id: common::ProviderEventId::parse(id).unwrap(),
             event_type: common::EventType::parse("load.test").unwrap(),
             body: b"{}".to_vec(),
+            jsonb_checked: false,
         };
         assert_eq!(
             common::db::events::insert(&pool, &event).await.unwrap(),

@@ -61,6 +61,14 @@ struct Delivery<'a> {
     verified: AtomicBool,
 }
 
+/// What a verified body says it is.
+struct Identity {
+    event_id: String,
+    event_type: String,
+    /// See [`pointer::Found::jsonb_as_is`].
+    jsonb_as_is: bool,
+}
+
 impl<'a> Delivery<'a> {
     fn new(state: &'a AppState, source: Source) -> Self {
         Delivery {
@@ -122,14 +130,15 @@ impl<'a> Delivery<'a> {
         self.reject("body", ApiError::BadRequest(message))
     }
 
-    /// The idempotency key and the type of a verified request; its body must be a JSON
-    /// object. Read in one pass that builds no tree ([`pointer::strings_at`]).
+    /// The idempotency key and the type of a verified request, and whether jsonb takes its
+    /// body as it is; the body must be a JSON object. Read in one pass that builds no tree
+    /// ([`pointer::strings_at`]).
     fn identify(
         &self,
         (key, kind): (Field, Field),
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<(String, String), Refusal> {
+    ) -> Result<Identity, Refusal> {
         let pointers: Vec<&str> = [&key, &kind]
             .into_iter()
             .filter_map(|field| match field {
@@ -142,6 +151,7 @@ impl<'a> Delivery<'a> {
             Ok(_) => return Err(self.bad_body("body is not a JSON object".into())),
             Err(e) => return Err(self.bad_body(format!("body is not valid JSON: {e}"))),
         };
+        let jsonb_as_is = found.jsonb_as_is;
         let mut strings = found.strings.into_iter();
         let mut read = |field: Field| match field {
             Field::Pointer(pointer) => strings
@@ -157,15 +167,21 @@ impl<'a> Delivery<'a> {
                     self.bad_body(format!("missing {name} header"))
                 }),
         };
-        Ok((read(key)?, read(kind)?))
+        Ok(Identity {
+            event_id: read(key)?,
+            event_type: read(kind)?,
+            jsonb_as_is,
+        })
     }
 
-    async fn store(&self, event_id: &str, event_type: &str, body: Bytes) -> Reply {
+    async fn store(&self, identity: Identity, body: Bytes) -> Reply {
+        let (event_id, event_type) = (identity.event_id.as_str(), identity.event_type.as_str());
         let event = NewEvent {
             source: self.source,
             event_id: ProviderEventId::parse(event_id).map_err(|e| self.bad_body(e.to_string()))?,
             event_type: EventType::parse(event_type).map_err(|e| self.bad_body(e.to_string()))?,
             body: body.into(),
+            jsonb_checked: identity.jsonb_as_is,
         };
         let inserted = match self.state.inner.ingest.insert(event).await {
             Ok(inserted) => inserted,
@@ -235,6 +251,6 @@ pub async fn receive(
     let delivery = Delivery::new(&state, provider.source());
     let body = delivery.body(body)?;
     delivery.verified(provider.verify(&headers, &body, now()))?;
-    let (key, kind) = delivery.identify(provider.fields(), &headers, &body)?;
-    delivery.store(&key, &kind, body).await
+    let identity = delivery.identify(provider.fields(), &headers, &body)?;
+    delivery.store(identity, body).await
 }

@@ -18,6 +18,12 @@ pub struct Found {
     /// The string at each pointer, in the order asked; `None` where there is none, or a value
     /// of another type.
     pub strings: Vec<Option<String>>,
+    /// Whether PostgreSQL's jsonb is sure to take the body as serde_json did, so the database
+    /// need not parse it again to find out: every number is a 64-bit integer (jsonb's numeric
+    /// refuses some that an f64 takes, such as `1e-20000`), and no escaped string holds U+0000,
+    /// which jsonb refuses, or a character beyond ASCII, which it refuses in a database that
+    /// is not UTF-8.
+    pub jsonb_as_is: bool,
 }
 
 /// Reads `body`, which must be JSON, for the strings at `pointers` (RFC 6901, as
@@ -29,8 +35,10 @@ pub fn strings_at(body: &[u8], pointers: &[&str]) -> serde_json::Result<Found> {
         .filter(|&i| targets[i].tokens.as_ref().is_some_and(|t| !t.is_empty()))
         .fold(0u64, |mask, i| mask | 1 << i);
     let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let mut jsonb_as_is = true;
     let object = Walk {
         targets: &mut targets,
+        jsonb_as_is: &mut jsonb_as_is,
         depth: 0,
         live,
     }
@@ -42,6 +50,7 @@ pub fn strings_at(body: &[u8], pointers: &[&str]) -> serde_json::Result<Found> {
             .into_iter()
             .map(|t| t.found.filter(|_| object))
             .collect(),
+        jsonb_as_is,
     })
 }
 
@@ -85,6 +94,7 @@ impl<'p> Target<'p> {
 /// follow. Answers whether the value is an object.
 struct Walk<'t, 'p> {
     targets: &'t mut [Target<'p>],
+    jsonb_as_is: &'t mut bool,
     depth: usize,
     live: u64,
 }
@@ -96,6 +106,16 @@ impl Walk<'_, '_> {
                 f(i, target);
             }
         }
+    }
+
+    fn string(mut self, s: &str) -> bool {
+        let depth = self.depth;
+        self.each_live(|_, t| {
+            if t.ends_at(depth) {
+                t.found = Some(s.to_owned());
+            }
+        });
+        false
     }
 
     /// A value that is not a string: whatever ends here has no string.
@@ -139,14 +159,13 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
         f.write_str("a JSON value")
     }
 
-    fn visit_str<E>(mut self, s: &str) -> Result<bool, E> {
-        let depth = self.depth;
-        self.each_live(|_, t| {
-            if t.ends_at(depth) {
-                t.found = Some(s.to_owned());
-            }
-        });
-        Ok(false)
+    // serde_json lends a string without escapes and copies one with them.
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<bool, E> {
+        Ok(self.string(s))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<bool, E> {
+        *self.jsonb_as_is &= escapes_as_is(s);
+        Ok(self.string(s))
     }
     fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
         Ok(self.other())
@@ -158,6 +177,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
         Ok(self.other())
     }
     fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        *self.jsonb_as_is = false;
         Ok(self.other())
     }
     fn visit_unit<E>(self) -> Result<bool, E> {
@@ -165,10 +185,11 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<bool, A::Error> {
-        while let Some(key) = map.next_key_seed(Key)? {
+        while let Some(key) = map.next_key_seed(Key(self.jsonb_as_is))? {
             let live = self.enter(|token| token == key);
             map.next_value_seed(Walk {
                 targets: self.targets,
+                jsonb_as_is: self.jsonb_as_is,
                 depth: self.depth + 1,
                 live,
             })?;
@@ -183,6 +204,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
             let live = self.enter(|token| array_index(token) == Some(index));
             let walk = Walk {
                 targets: self.targets,
+                jsonb_as_is: self.jsonb_as_is,
                 depth: self.depth + 1,
                 live,
             };
@@ -196,10 +218,10 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
 }
 
 /// A member's name, read (and validated) as serde_json reads it, borrowed where it has no
-/// escapes.
-struct Key;
+/// escapes; one with escapes answers for [`Found::jsonb_as_is`].
+struct Key<'t>(&'t mut bool);
 
-impl<'de> DeserializeSeed<'de> for Key {
+impl<'de> DeserializeSeed<'de> for Key<'_> {
     type Value = Cow<'de, str>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -207,7 +229,7 @@ impl<'de> DeserializeSeed<'de> for Key {
     }
 }
 
-impl<'de> Visitor<'de> for Key {
+impl<'de> Visitor<'de> for Key<'_> {
     type Value = Cow<'de, str>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -217,8 +239,15 @@ impl<'de> Visitor<'de> for Key {
         Ok(Cow::Borrowed(s))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        *self.0 &= escapes_as_is(s);
         Ok(Cow::Owned(s.to_owned()))
     }
+}
+
+/// Whether jsonb takes a string that was written with escapes as serde_json read it (see
+/// [`Found::jsonb_as_is`]); it cannot tell which characters were escaped, so it asks of all.
+fn escapes_as_is(s: &str) -> bool {
+    s.is_ascii() && !s.contains('\0')
 }
 
 /// An array index as a JSON pointer writes it: digits, no leading zero.
@@ -234,11 +263,13 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// What `Value::pointer` finds, for comparison.
-    fn by_tree(body: &[u8], pointers: &[&str]) -> Option<Found> {
+    /// What `Value::pointer` finds, for comparison; a tree cannot tell what was escaped, so
+    /// it takes `jsonb_as_is` from the walk.
+    fn by_tree(body: &[u8], pointers: &[&str], jsonb_as_is: bool) -> Option<Found> {
         let value: Value = serde_json::from_slice(body).ok()?;
         Some(Found {
             object: value.is_object(),
+            jsonb_as_is,
             strings: pointers
                 .iter()
                 .map(|p| {
@@ -280,9 +311,10 @@ mod tests {
         ];
         for body in bodies {
             let found = strings_at(body, &pointers).expect("valid JSON");
+            let jsonb_as_is = found.jsonb_as_is;
             assert_eq!(
                 Some(found),
-                by_tree(body, &pointers),
+                by_tree(body, &pointers, jsonb_as_is),
                 "{}",
                 String::from_utf8_lossy(body)
             );
@@ -306,7 +338,7 @@ mod tests {
             b"\xef\xbb\xbf{}",
         ];
         for body in bodies {
-            assert!(by_tree(body, &["/id"]).is_none());
+            assert!(by_tree(body, &["/id"], true).is_none());
             assert!(
                 strings_at(body, &["/id"]).is_err(),
                 "{}",
@@ -318,5 +350,40 @@ mod tests {
             strings_at(deep.as_bytes(), &["/id"]).is_err(),
             "nesting limit"
         );
+    }
+
+    #[test]
+    fn says_which_bodies_jsonb_takes_as_they_are() {
+        let cases: &[(&[u8], bool)] = &[
+            (
+                br#"{"id":"evt_1","n":-9223372036854775808,"m":18446744073709551615}"#,
+                true,
+            ),
+            (
+                b"{\"raw\":\"caf\xc3\xa9 \xe2\x82\xac\",\"list\":[1,true,null,{\"k\":\"v\"}]}",
+                true,
+            ),
+            (br#"{"quote":"a \"b\" \\ \/ \n\t"}"#, true),
+            (br#"{"esc\naped key":1}"#, true),
+            (br#"{"big":18446744073709551616}"#, false),
+            (br#"{"f":1.5}"#, false),
+            (br#"{"f":1e2}"#, false),
+            (br#"{"tiny":1e-20000}"#, false),
+            (br#"{"nul":"a\u0000b"}"#, false),
+            (br#"{"a\u0000b":1}"#, false),
+            (br#"{"escaped":"caf\u00e9"}"#, false),
+            (br#"{"emoji":"\ud83d\ude00"}"#, false),
+            (b"{\"raw and escaped\":\"caf\xc3\xa9\\n\"}", false),
+            (br#"[{"deep":[{"f":0.1}]}]"#, false),
+        ];
+        for (body, as_is) in cases {
+            let found = strings_at(body, &["/id"]).expect("valid JSON");
+            assert_eq!(
+                found.jsonb_as_is,
+                *as_is,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

@@ -314,6 +314,7 @@ fn dead(
             event_id: common::ProviderEventId::parse(id).context("dead event id")?,
             event_type: common::EventType::parse(kind).context("dead event type")?,
             body: body.into_bytes(),
+            jsonb_checked: false,
         },
         received_at: dead_at - TimeDelta::minutes(15),
         fate: Fate::Dead { at: dead_at },

@@ -169,6 +169,7 @@ fn history_row(g: u64, mix: Mix, now: chrono::DateTime<Utc>) -> anyhow::Result<P
             event_id: common::ProviderEventId::parse(id).context("history event id")?,
             event_type: common::EventType::parse(kind).context("history event type")?,
             body: body.into_bytes(),
+            jsonb_checked: false,
         },
         received_at,
         fate,
