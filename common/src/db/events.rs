@@ -96,7 +96,8 @@ pub async fn insert_many<'e>(
              SELECT f.id, f.source, f.event_id, b.event_type, convert_to(b.body, 'UTF8')
              FROM fresh f JOIN batch b USING (source, event_id)
              -- Not stored (see migration 0014), but a body jsonb refuses is refused here,
-             -- before its sender is answered, not when the event dies and is parsed.
+             -- before its sender is answered, not when the event dies and is parsed. One
+             -- the caller already vouched for is not parsed again.
              WHERE b.checked OR b.body::jsonb IS NOT NULL
              RETURNING id, source, event_id, event_type, received_at
          ), counted AS (

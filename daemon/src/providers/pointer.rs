@@ -108,6 +108,7 @@ impl Walk<'_, '_> {
         }
     }
 
+    /// A string value: whatever ends here has found it.
     fn string(mut self, s: &str) -> bool {
         let depth = self.depth;
         self.each_live(|_, t| {
