@@ -10,9 +10,11 @@
 //! (docs/BENCHMARKS.md).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::db::events::{self, Inserted, NewEvent};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::announce::Announcer;
@@ -72,20 +74,96 @@ async fn gather(
     reachability: Arc<Reachability>,
     mut queue: mpsc::Receiver<Job>,
 ) {
+    let mut writer = Writer { pool, conn: None };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // recv_many is cancel-safe: a timeout loses no job.
+        let received = match writer.conn {
+            Some(_) => {
+                match tokio::time::timeout(LINGER, queue.recv_many(&mut batch, MAX_BATCH)).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        writer.conn = None;
+                        queue.recv_many(&mut batch, MAX_BATCH).await
+                    }
+                }
+            }
+            None => queue.recv_many(&mut batch, MAX_BATCH).await,
+        };
+        if received == 0 {
+            return;
+        }
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let stored = write(&pool, &reachability, jobs).await;
+        let stored = write(&mut writer, &reachability, jobs).await;
         if stored > 0 {
             announcer.new_events(stored);
+        }
+        if !writer.may_keep() {
+            writer.conn = None;
         }
     }
 }
 
+/// How long the writer keeps its connection with nothing to write.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// The writer's connection, kept from one batch to the next while requests keep coming. A
+/// pool connection is tested with a round trip each time it is taken and again each time it
+/// is given back; at one batch per commit that was two round trips beside each statement,
+/// one of them on the path every acknowledgement waits for.
+struct Writer {
+    pool: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Writer {
+    /// Whether holding on to the connection leaves the rest of hookd one to take.
+    fn may_keep(&self) -> bool {
+        self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections()
+    }
+
+    /// Stores the batch. A kept connection is not tested first, so one the database closed
+    /// meanwhile (a restart, an idle timeout, an administrator) fails at once; the batch is
+    /// then tried once more on a connection the pool has tested, as it is when its session is
+    /// ended mid-statement. Trying again is safe whatever the first try did: a key it
+    /// committed makes the second try answer "duplicate", which is still an acknowledgement.
+    async fn insert_many(&mut self, events: &[NewEvent]) -> sqlx::Result<Vec<Inserted>> {
+        match self.try_insert_many(events).await {
+            Err(e) if connection_lost(&e) => {
+                tracing::info!(error = %e, "the writer's connection was lost; trying a new one");
+                self.try_insert_many(events).await
+            }
+            result => result,
+        }
+    }
+
+    async fn try_insert_many(&mut self, events: &[NewEvent]) -> sqlx::Result<Vec<Inserted>> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let result = events::insert_many(&mut *conn, events).await;
+        // After an error (or if this future is dropped mid-statement) the connection goes back
+        // to the pool, which tests it before anyone uses it again.
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
+    }
+}
+
+/// The connection itself is gone: the socket, or the server ending the session.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_))
+        || e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code.starts_with("57P"))
+}
+
 /// Stores the batch and answers each request. Returns how many new events were stored.
-async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> u64 {
+async fn write(writer: &mut Writer, reachability: &Reachability, jobs: Vec<Job>) -> u64 {
     let (events, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.event, j.reply)).unzip();
-    match reachability.guard(events::insert_many(pool, &events)).await {
+    match reachability.guard(writer.insert_many(&events)).await {
         Ok(results) => {
             let stored = results
                 .iter()
@@ -101,7 +179,7 @@ async fn write(pool: &PgPool, reachability: &Reachability, jobs: Vec<Job>) -> u6
         Err(e) if events::is_payload_rejected(&e) && events.len() > 1 => {
             let mut stored = 0;
             for (reply, event) in replies.into_iter().zip(&events) {
-                let result = events::insert(pool, event).await;
+                let result = events::insert(&writer.pool, event).await;
                 stored += u64::from(matches!(result, Ok(Inserted::New(_))));
                 let _ = reply.send(result);
             }

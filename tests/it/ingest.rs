@@ -581,6 +581,72 @@ async fn a_batch_whose_commit_fails_fails_every_request_in_it(pool: PgPool) {
     hookd.stop().await;
 }
 
+/// Ends every session hookd holds on the test's database; returns how many.
+async fn terminate_hookd_sessions(pool: &PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = 'hookd' AND datname = current_database()",
+    )
+    .await
+}
+
+/// The server ends the writer's session in the middle of a batch (an administrator, a
+/// failover) and again while it keeps its connection between batches: each batch is written
+/// again on a new connection, so every request is acknowledged and stored once, none refused.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_writer_session_ended_by_the_server_refuses_nothing(pool: PgPool) {
+    sqlx::raw_sql(
+        "CREATE SEQUENCE slow_once;
+         CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF nextval('slow_once') = 1 THEN PERFORM pg_sleep(60); END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER slow_once BEFORE INSERT ON events_live FOR EACH ROW
+             WHEN (NEW.event_id = 'm_slow') EXECUTE FUNCTION slow_once();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let hookd = Hookd::ingest_only(&pool).await;
+    let body = custom_event("x.y");
+    let (slow, behind) = tokio::join!(hookd.custom("m_slow", &body), async {
+        while count(
+            &pool,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event = 'PgSleep' AND datname = current_database()",
+        )
+        .await
+            == 0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // These wait for the sleeping batch and go in the next one.
+        let behind = futures::future::join_all((0..30).map(|i| {
+            let (hookd, body) = (&hookd, &body);
+            async move { hookd.custom(&format!("m{i}"), body).await }
+        }));
+        let (behind, terminated) = tokio::join!(behind, async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            terminate_hookd_sessions(&pool).await
+        });
+        assert!(terminated >= 1);
+        behind
+    });
+    assert_eq!(slow, (200, ack()));
+    assert!(
+        behind.iter().all(|reply| *reply == (200, ack())),
+        "{behind:?}"
+    );
+    // Within the writer's linger its connection is kept, untested, for the next batch.
+    assert!(terminate_hookd_sessions(&pool).await >= 1);
+    assert_eq!(hookd.custom("m_after", &body).await, (200, ack()));
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 32);
+    assert_eq!(count(&pool, "SELECT count(*) FROM event_keys").await, 32);
+    hookd.stop().await;
+}
+
 /// With the database unreachable, a valid webhook must get 503, never a 2xx.
 #[tokio::test]
 async fn an_unreachable_database_answers_503() {
