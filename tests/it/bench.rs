@@ -155,9 +155,14 @@ async fn a_bulk_load_leaves_events_as_hookd_would_have(pool: PgPool) {
     // hookd's own functions see the load as they would see their own work.
     let queue = stats::queue(&pool).await.unwrap();
     assert_eq!((queue.pending, queue.retrying, queue.dead), (1, 1, 1));
-    let claimed = events::claim_due(&pool, 10, Duration::from_secs(30), None)
-        .await
-        .unwrap();
+    let claimed = events::claim_due(
+        &mut pool.acquire().await.unwrap(),
+        10,
+        Duration::from_secs(30),
+        None,
+    )
+    .await
+    .unwrap();
     let claimed: Vec<&str> = claimed.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(claimed, ["new_1"], "the retry is not due yet");
     assert_eq!(

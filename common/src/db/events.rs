@@ -229,13 +229,15 @@ impl TryFrom<String> for SourceColumn {
 /// the name of `owner` (see [`super::liveness`]). Safe with any number of workers and
 /// processes.
 pub async fn claim_due(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     limit: i64,
     lease: std::time::Duration,
     owner: Option<i32>,
 ) -> sqlx::Result<Vec<ClaimedEvent>> {
-    super::retry_moved(|| {
-        sqlx::query_as(
+    // super::retry_moved's loop, written out: a closure cannot lend the connection to each try.
+    let mut tries = 0;
+    loop {
+        let claimed = sqlx::query_as(
             "WITH due AS (
                  SELECT id FROM events
                  WHERE state IN ('pending', 'retrying', 'processing') AND next_attempt_at <= now()
@@ -258,9 +260,13 @@ pub async fn claim_due(
         .bind(limit)
         .bind(lease.as_secs_f64())
         .bind(owner)
-        .fetch_all(pool)
-    })
-    .await
+        .fetch_all(&mut *conn)
+        .await;
+        match claimed {
+            Err(e) if tries < 5 && super::is_row_moved(&e) => tries += 1,
+            done => return done,
+        }
+    }
 }
 
 /// Vacuums the queue's partition once it holds `min_dead` dead rows; returns how many it
@@ -288,12 +294,12 @@ pub async fn vacuum_queue(pool: &PgPool, min_dead: i64) -> sqlx::Result<Option<i
 }
 
 /// When the earliest scheduled event falls due, so an idle worker knows how long it may sleep.
-pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+pub async fn next_due_at(conn: impl PgExecutor<'_>) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
         "SELECT min(next_attempt_at) FROM events
          WHERE state IN ('pending', 'retrying', 'processing')",
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 

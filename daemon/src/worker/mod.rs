@@ -15,7 +15,8 @@ use common::db::business::Statements;
 use common::db::events::{self, AttemptOutcome, AttemptRecord, ClaimedEvent, Lease};
 use common::db::stats;
 use common::{EVENTS_CHANNEL, State};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -128,8 +129,33 @@ impl Worker {
 
     /// Claims one batch of due events and processes it. Returns how many were claimed.
     pub async fn process_batch(&self) -> sqlx::Result<usize> {
+        self.process_batch_on(&mut None).await
+    }
+
+    /// [`Self::process_batch`] on `kept`, the connection the last batch used if it claimed
+    /// anything, and kept for the next one if this one does. A pool connection is tested with
+    /// a round trip each time it is taken and again each time it is given back: taken for the
+    /// claim and again for the transaction, that was four round trips beside a batch's eight
+    /// statements. A kept connection the database has closed meanwhile fails the claim, which
+    /// leases nothing; after any error the connection goes back to the pool, which tests it.
+    async fn process_batch_on(
+        &self,
+        kept: &mut Option<PoolConnection<Postgres>>,
+    ) -> sqlx::Result<usize> {
+        let mut conn = match kept.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let result = self.claim_and_process(&mut conn).await;
+        if matches!(result, Ok(n) if n > 0) {
+            *kept = Some(conn);
+        }
+        result
+    }
+
+    async fn claim_and_process(&self, conn: &mut PgConnection) -> sqlx::Result<usize> {
         let claimed = events::claim_due(
-            &self.pool,
+            &mut *conn,
             self.config.batch_size,
             self.config.lease,
             self.owner.get(),
@@ -151,7 +177,10 @@ impl Worker {
         let mut moved = 0;
         let mut lost = Vec::new();
         let result = loop {
-            match self.complete(&claimed, &deliveries, &lost, isolation).await {
+            match self
+                .complete(conn, &claimed, &deliveries, &lost, isolation)
+                .await
+            {
                 Err(Retry::HandlerFailed) if isolation == Isolation::Batch => {
                     isolation = Isolation::Event;
                 }
@@ -202,12 +231,13 @@ impl Worker {
     /// back too, to be run without that event ([`events::complete`]).
     async fn complete<'d>(
         &self,
+        conn: &mut PgConnection,
         claimed: &[Event],
         deliveries: &'d [Option<Delivery>],
         lost: &[i64],
         isolation: Isolation,
     ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let live: Vec<(&Event, Option<&Delivery>)> = claimed
             .iter()
             .zip(deliveries)
@@ -246,7 +276,7 @@ impl Worker {
     /// share of the time they took.
     async fn attempt_together<'d>(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        tx: &mut PgConnection,
         live: &[(&Event, Option<&'d Delivery>)],
     ) -> Result<Vec<AttemptRecord<'d>>, Retry> {
         let started_at = Utc::now();
@@ -282,7 +312,7 @@ impl Worker {
     /// Runs one attempt under a savepoint of its own, so a failure undoes only its writes.
     async fn attempt_alone<'d>(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        tx: &mut PgConnection,
         event: &Event,
         delivery: Option<&'d Delivery>,
     ) -> Result<AttemptRecord<'d>, Retry> {
@@ -291,7 +321,7 @@ impl Worker {
         let result = match precondition(event, delivery, self.config.policy.max_attempts) {
             Err(failure) => Err(failure),
             Ok(()) => {
-                let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+                let mut savepoint = tx.begin().await?;
                 let outcome = handlers::apply(&mut savepoint, &self.config.statements, event).await;
                 let result = verdict(outcome, delivery);
                 if result.is_ok() {
@@ -402,13 +432,14 @@ impl Worker {
         let wake = announcer.workers();
         let batch = self.config.batch_size.unsigned_abs();
         let mut taken = 0;
+        let mut kept = None;
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             // Registered before the batch, so a wake-up during it is not lost.
             let woken = wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let processed = self.process_batch().await;
+            let processed = self.process_batch_on(&mut kept).await;
             if let Ok(n) = processed {
                 announcer.claimed(n as u64, std::mem::take(&mut taken));
                 if n > 0 {
@@ -417,7 +448,7 @@ impl Worker {
             }
             let pause = match processed {
                 Ok(n) if n as i64 >= self.config.batch_size => continue,
-                Ok(_) => self.idle_time().await,
+                Ok(_) => self.idle_time(kept.as_deref_mut()).await,
                 Err(e) => {
                     tracing::error!(error = %e, "processing failed");
                     ERROR_PAUSE
@@ -448,8 +479,12 @@ impl Worker {
         }
     }
 
-    async fn idle_time(&self) -> Duration {
-        match events::next_due_at(&self.pool).await {
+    async fn idle_time(&self, kept: Option<&mut PgConnection>) -> Duration {
+        let due = match kept {
+            Some(conn) => events::next_due_at(conn).await,
+            None => events::next_due_at(&self.pool).await,
+        };
+        match due {
             Ok(Some(due)) => (due - Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)
