@@ -98,7 +98,7 @@ async fn gather(
         if stored > 0 {
             announcer.new_events(stored);
         }
-        if !writer.may_keep() {
+        if !common::db::has_spare_connection(&writer.pool) {
             writer.conn = None;
         }
     }
@@ -117,11 +117,6 @@ struct Writer {
 }
 
 impl Writer {
-    /// Whether holding on to the connection leaves the rest of hookd one to take.
-    fn may_keep(&self) -> bool {
-        self.pool.num_idle() > 0 || self.pool.size() < self.pool.options().get_max_connections()
-    }
-
     /// Stores the batch. A kept connection is not tested first, so one the database closed
     /// meanwhile (a restart, an idle timeout, an administrator) fails at once; the batch is
     /// then tried once more on a connection the pool has tested, as it is when its session is

@@ -20,6 +20,12 @@ pub async fn ping(pool: &PgPool) -> sqlx::Result<()> {
     sqlx::query("SELECT 1").execute(pool).await.map(drop)
 }
 
+/// Whether the pool could hand out another connection without waiting: only then may a task
+/// keep the one it holds for its next statement without starving the others.
+pub fn has_spare_connection(pool: &PgPool) -> bool {
+    pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections()
+}
+
 /// True when a statement failed because a row it wanted to lock had just moved to another
 /// partition (an event dying, or coming back from the dead-letter queue; see migration 0005).
 /// PostgreSQL reports that as a serialization failure instead of skipping or following the row;

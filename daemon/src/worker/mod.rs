@@ -133,7 +133,8 @@ impl Worker {
     }
 
     /// [`Self::process_batch`] on `kept`, the connection the last batch used if it claimed
-    /// anything, and kept for the next one if this one does. A pool connection is tested with
+    /// anything, and kept for the next one if this one does and the pool has another to give
+    /// (a small pool is shared with ingest's writer). A pool connection is tested with
     /// a round trip each time it is taken and again each time it is given back: taken for the
     /// claim and again for the transaction, that was four round trips beside a batch's eight
     /// statements. A kept connection the database has closed meanwhile fails the claim, which
@@ -147,7 +148,7 @@ impl Worker {
             None => self.pool.acquire().await?,
         };
         let result = self.claim_and_process(&mut conn).await;
-        if matches!(result, Ok(n) if n > 0) {
+        if matches!(result, Ok(n) if n > 0) && common::db::has_spare_connection(&self.pool) {
             *kept = Some(conn);
         }
         result
