@@ -124,7 +124,7 @@ impl Writer {
     /// committed makes the second try answer "duplicate", which is still an acknowledgement.
     async fn insert_many(&mut self, events: &[NewEvent]) -> sqlx::Result<Vec<Inserted>> {
         match self.try_insert_many(events).await {
-            Err(e) if connection_lost(&e) => {
+            Err(e) if crate::connection_lost(&e) => {
                 tracing::info!(error = %e, "the writer's connection was lost; trying a new one");
                 self.try_insert_many(events).await
             }
@@ -145,14 +145,6 @@ impl Writer {
         }
         result
     }
-}
-
-/// The connection itself is gone: the socket, or the server ending the session.
-fn connection_lost(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_))
-        || e.as_database_error()
-            .and_then(|d| d.code())
-            .is_some_and(|code| code.starts_with("57P"))
 }
 
 /// Stores the batch and answers each request. Returns how many new events were stored.

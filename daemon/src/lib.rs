@@ -229,6 +229,16 @@ pub(crate) fn unreachable(e: &sqlx::Error) -> bool {
         })
 }
 
+/// The connection in hand is gone: its socket, or the server ending its session (a restart,
+/// an administrator). Unlike [`unreachable`], a pool that timed out is not among these: a new
+/// connection may serve at once after one of these, not after that.
+pub(crate) fn connection_lost(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_))
+        || e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code.starts_with("57P"))
+}
+
 /// The workers of `config`, for the application's `tables`.
 pub fn worker(
     pool: PgPool,

@@ -7,8 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use common::db::bulk::{self, Fate, PastEvent};
 use common::db::events::NewEvent;
-use common::db::{dlq, events, stats};
+use common::db::{dlq, stats};
 use common::{EventType, MIGRATOR, ProviderEventId, Source};
+
+use crate::harness::claim;
 use sqlx::PgPool;
 
 fn past(
@@ -155,14 +157,7 @@ async fn a_bulk_load_leaves_events_as_hookd_would_have(pool: PgPool) {
     // hookd's own functions see the load as they would see their own work.
     let queue = stats::queue(&pool).await.unwrap();
     assert_eq!((queue.pending, queue.retrying, queue.dead), (1, 1, 1));
-    let claimed = events::claim_due(
-        &mut pool.acquire().await.unwrap(),
-        10,
-        Duration::from_secs(30),
-        None,
-    )
-    .await
-    .unwrap();
+    let claimed = claim(&pool, 10, Duration::from_secs(30)).await;
     let claimed: Vec<&str> = claimed.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(claimed, ["new_1"], "the retry is not due yet");
     assert_eq!(

@@ -216,6 +216,18 @@ pub fn b64(bytes: &[u8]) -> String {
     BASE64.encode(bytes)
 }
 
+/// Leases up to `limit` due events for `lease`, as a worker of no owner would.
+pub async fn claim(
+    pool: &PgPool,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Vec<common::db::events::ClaimedEvent> {
+    let mut conn = pool.acquire().await.unwrap();
+    common::db::events::claim_due(&mut conn, limit, lease, None)
+        .await
+        .unwrap()
+}
+
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }

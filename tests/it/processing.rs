@@ -647,17 +647,8 @@ async fn a_redelivered_event_applies_once(pool: PgPool) {
 async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
     let id = store(&pool, Source::Custom, "msg_l", "x.y", &custom_event("x.y")).await;
     // Worker A's lease is zero seconds long: expired as soon as it is granted.
-    let a = events::claim_due(&mut pool.acquire().await.unwrap(), 10, Duration::ZERO, None)
-        .await
-        .unwrap();
-    let b = events::claim_due(
-        &mut pool.acquire().await.unwrap(),
-        10,
-        Duration::from_secs(60),
-        None,
-    )
-    .await
-    .unwrap();
+    let a = claim(&pool, 10, Duration::ZERO).await;
+    let b = claim(&pool, 10, Duration::from_secs(60)).await;
     assert_eq!(
         (a[0].id, a[0].attempt, b[0].id, b[0].attempt),
         (id, 1, id, 2)
@@ -700,17 +691,7 @@ async fn a_worker_whose_lease_expired_cannot_complete(pool: PgPool) {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        events::claim_due(
-            &mut pool.acquire().await.unwrap(),
-            10,
-            Duration::from_secs(60),
-            None
-        )
-        .await
-        .unwrap()
-        .is_empty()
-    );
+    assert!(claim(&pool, 10, Duration::from_secs(60)).await.is_empty());
     tx.commit().await.unwrap();
     assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2, None));
     assert_eq!(count(&pool, "SELECT count(*) FROM event_attempts").await, 1);
@@ -737,14 +718,7 @@ async fn a_batch_settles_only_the_rows_still_processing_under_its_attempt(pool: 
     for id in ["msg_k1", "msg_k2", "msg_k3"] {
         store(&pool, Source::Custom, id, "x.y", &custom_event("x.y")).await;
     }
-    let mut claimed = events::claim_due(
-        &mut pool.acquire().await.unwrap(),
-        10,
-        Duration::from_secs(60),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut claimed = claim(&pool, 10, Duration::from_secs(60)).await;
     claimed.sort_by_key(|e| e.id);
     let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
     // The second is sent back to wait under the same attempt number, as if another hand had.
@@ -812,14 +786,7 @@ async fn a_batch_whose_lease_is_taken_over_midway_settles_the_rest_without_it(po
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let taken = events::claim_due(
-        &mut pool.acquire().await.unwrap(),
-        1,
-        Duration::from_secs(60),
-        None,
-    )
-    .await
-    .unwrap();
+    let taken = claim(&pool, 1, Duration::from_secs(60)).await;
     let lost = taken[0].id;
     assert_eq!(taken[0].attempt, 2, "taken over");
     lock.rollback().await.unwrap();
